@@ -1,0 +1,306 @@
+"""BaseDetector: the contract every method keeps.
+
+    det = get_detector("patchcore", coreset_ratio=0.1)
+    det.fit(train_images)          # -> det; learned state in attributes ending with "_"
+    res = det.predict(images)      # -> AnomalyResult(scores (N,), maps (N, H, W)); higher = more anomalous
+    det.save(path); load_detector(path)  # identical scores
+
+Images are a float tensor (N, 3, H, W) in [0, 1] (uint8 tensors and numpy (N, H, W, 3) uint8 arrays
+are converted). Constructors only store keyword-only hyperparameters; ``fit`` validates them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .device import resolve_device
+from .errors import ConfigError, ModelFileError, NotFittedError
+from .progress import progress
+from .types import AnomalyResult
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "flawmap-detector"
+MODEL_FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+TENSORS_NAME = "model.safetensors"
+_JSON_TYPES = (bool, int, float, str, list, tuple, type(None))
+
+
+def as_images(images: Any) -> torch.Tensor:
+    """Convert input images to a float32 tensor (N, 3, H, W) in [0, 1]."""
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ConfigError(f"numpy images must be uint8 (N, H, W, 3); got {images.dtype} {images.shape}")
+        images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    if not isinstance(images, torch.Tensor):
+        raise ConfigError(f"images must be a torch.Tensor (N, 3, H, W) or numpy uint8 (N, H, W, 3); got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ConfigError(f"images must have shape (N, 3, H, W); got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ConfigError("no images given (N = 0)")
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    if not images.is_floating_point():
+        raise ConfigError(f"images must be float in [0, 1] or uint8; got {images.dtype}")
+    return images.float()
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; allowed values: {', '.join(map(repr, allowed))}")
+
+
+def check_range(name: str, value: Any, low: float | None = None, high: float | None = None,
+                *, low_open: bool = False, integer: bool = False) -> None:
+    if integer and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+        raise ConfigError(f"{name} must be an integer; got {value!r}")
+    if not integer and (isinstance(value, bool) or not isinstance(value, (int, float, np.number))):
+        raise ConfigError(f"{name} must be a number; got {value!r}")
+    bad = (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
+    if bad:
+        lo = "-inf" if low is None else f"{low}"
+        hi = "inf" if high is None else f"{high}"
+        raise ConfigError(f"{name}={value!r} is out of range; allowed: {'(' if low_open else '['}{lo}, {hi}]")
+
+
+class BaseDetector:
+    """Base class: parameters, validation at fit, batched predict, safe save/load."""
+
+    name: ClassVar[str] = "base"
+
+    # ---- parameters -------------------------------------------------------------------------
+    @classmethod
+    def param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY]
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        sig = inspect.signature(cls.__init__)
+        return {p.name: p.default for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY}
+
+    def get_params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.param_names()}
+
+    def set_params(self, **params: Any) -> BaseDetector:
+        unknown = sorted(set(params) - set(self.param_names()))
+        if unknown:
+            raise ConfigError(f"{self.name}: unknown parameter(s) {unknown}; allowed: {', '.join(self.param_names())}")
+        for k, v in params.items():
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # ---- hooks for subclasses ---------------------------------------------------------------
+    def _validate_params(self) -> None:
+        """Raise ConfigError listing allowed values for any bad parameter."""
+
+    def _setup(self) -> None:
+        """Build non-learned machinery (backbone, modules) from the parameters; used by fit and load."""
+
+    def _fit(self, images: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 3, H, W) on CPU -> scores (B,), maps (B, H, W)."""
+        raise NotImplementedError
+
+    # ---- public API -------------------------------------------------------------------------
+    @property
+    def device_(self) -> torch.device:
+        return resolve_device(getattr(self, "device", "auto"))
+
+    def fit(self, images: Any) -> BaseDetector:
+        """Learn what normal looks like from good images (N, 3, H, W) in [0, 1]."""
+        self._validate_params()
+        x = as_images(images)
+        self._clear_state()
+        self._setup()
+        self._fit(x)
+        self.fitted_ = True
+        return self
+
+    def is_fitted(self) -> bool:
+        return bool(getattr(self, "fitted_", False))
+
+    def check_is_fitted(self) -> None:
+        if not self.is_fitted():
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(train_images) before predict")
+
+    @torch.no_grad()
+    def predict(self, images: Any, batch_size: int | None = None) -> AnomalyResult:
+        """Score images (N, 3, H, W) in [0, 1]: AnomalyResult(scores (N,), maps (N, H, W))."""
+        self.check_is_fitted()
+        x = as_images(images)
+        bs = int(batch_size or getattr(self, "batch_size", 8))
+        scores, maps = [], []
+        starts = range(0, len(x), bs)
+        for i in progress(starts, desc=f"{self.name}: predict", total=len(starts), unit="batch"):
+            s, m = self._predict(x[i:i + bs])
+            scores.append(s.float().cpu())
+            maps.append(m.float().cpu())
+        return AnomalyResult(scores=torch.cat(scores).numpy(), maps=torch.cat(maps).numpy())
+
+    # ---- learned state ----------------------------------------------------------------------
+    def _state_names(self) -> list[str]:
+        return [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]
+
+    def _clear_state(self) -> None:
+        for k in self._state_names():
+            delattr(self, k)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Learned tensors: attributes ending in '_' that are tensors or modules (as 'attr.key')."""
+        out: dict[str, torch.Tensor] = {}
+        for k in self._state_names():
+            v = getattr(self, k)
+            if isinstance(v, torch.Tensor):
+                out[k] = v
+            elif isinstance(v, torch.nn.Module):
+                for kk, t in v.state_dict().items():
+                    out[f"{k}.{kk}"] = t
+        return out
+
+    def state_meta(self) -> dict[str, Any]:
+        """Learned non-tensor state (JSON types only)."""
+        meta: dict[str, Any] = {}
+        for k in self._state_names():
+            v = getattr(self, k)
+            if isinstance(v, (torch.Tensor, torch.nn.Module)):
+                continue
+            if not isinstance(v, _JSON_TYPES):
+                raise TypeError(f"learned attribute {k} of type {type(v).__name__} cannot be saved as JSON")
+            meta[k] = list(v) if isinstance(v, tuple) else v
+        return meta
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the fitted detector to a folder: config.json + model.safetensors (no pickle).
+
+        The folder is written under a temporary name and renamed at the end, so a crash never
+        leaves a half-written model behind.
+        """
+        self.check_is_fitted()
+        path = Path(path)
+        tensors = {k: t.detach().cpu().contiguous() for k, t in self.state_tensors().items()}
+        config = {
+            "format": MODEL_FORMAT,
+            "format_version": MODEL_FORMAT_VERSION,
+            "flawmap_version": __version__,
+            "detector": self.name,
+            "params": _jsonable(self.get_params()),
+            "state": self.state_meta(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            save_file(tensors, str(tmp / TENSORS_NAME))
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore learned state; modules must already exist (built in _setup or _build_modules)."""
+        for k, v in meta.items():
+            setattr(self, k, v)
+        self._build_modules()
+        modules: dict[str, dict[str, torch.Tensor]] = {}
+        for k, t in tensors.items():
+            attr, _, sub = k.partition(".")
+            if sub:
+                modules.setdefault(attr, {})[sub] = t
+            else:
+                setattr(self, attr, t.to(self.device_))
+        for attr, sd in modules.items():
+            mod = getattr(self, attr, None)
+            if not isinstance(mod, torch.nn.Module):
+                raise ModelFileError(f"model file has weights for {attr!r} but {self.name} has no such module")
+            mod.load_state_dict(sd, strict=True)
+
+    def _build_modules(self) -> None:
+        """Create learned nn.Modules (empty) before their weights are loaded."""
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, tuple):
+            v = list(v)
+        if not isinstance(v, _JSON_TYPES):
+            raise TypeError(f"parameter {k}={v!r} is not a JSON value")
+        out[k] = v
+    return out
+
+
+def load_detector(path: str | os.PathLike[str], device: str | None = None) -> BaseDetector:
+    """Load a detector saved with ``save``. Reads JSON and safetensors only: never executes code."""
+    from .registry import detector_class
+
+    path = Path(path)
+    cfg_path, ten_path = path / CONFIG_NAME, path / TENSORS_NAME
+    if not cfg_path.is_file() or not ten_path.is_file():
+        raise ModelFileError(f"{path} is not a flawmap model folder (expected {CONFIG_NAME} and {TENSORS_NAME})")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{cfg_path}: invalid JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{cfg_path}: not a flawmap detector file")
+    if config.get("format_version") != MODEL_FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: model format version {config.get('format_version')} (written by flawmap "
+            f"{config.get('flawmap_version')}) is not supported by flawmap {__version__} "
+            f"(format version {MODEL_FORMAT_VERSION}); refit the model with this version"
+        )
+    params = dict(config["params"])
+    if device is not None and "device" in params:
+        params["device"] = device
+    cls = detector_class(config["detector"])
+    try:
+        det = cls(**params)
+    except TypeError as exc:
+        raise ModelFileError(f"{path}: parameters do not match {cls.__name__} ({exc})") from None
+    try:
+        tensors = load_file(str(ten_path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelFileError(f"{ten_path}: unreadable safetensors file ({exc})") from None
+    det._validate_params()
+    det._setup()
+    det._load_state(tensors, config.get("state", {}))
+    det.fitted_ = True
+    return det
+
+
+def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def batched(n: int, batch_size: int) -> Sequence[slice]:
+    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]

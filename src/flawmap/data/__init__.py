@@ -1,0 +1,23 @@
+"""Datasets: image decoding, the MVTec AD layout, transforms and a synthetic MVTec-style generator."""
+
+from __future__ import annotations
+
+from .images import IMAGE_SUFFIXES, load_image, load_mask
+from .mvtec import CategoryData, Sample, Split, Transform, list_categories, load_split, scan_category
+from .synthetic import default_synthetic_root, ensure_synthetic_dataset, make_synthetic_mvtec
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "CategoryData",
+    "Sample",
+    "Split",
+    "Transform",
+    "default_synthetic_root",
+    "ensure_synthetic_dataset",
+    "list_categories",
+    "load_image",
+    "load_mask",
+    "load_split",
+    "make_synthetic_mvtec",
+    "scan_category",
+]

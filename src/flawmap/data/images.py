@@ -1,0 +1,119 @@
+"""Decoding image and mask files into plain numpy arrays (RGB uint8 images, bool masks)."""
+
+from __future__ import annotations
+
+import logging
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_TIFF_SUFFIXES = (".tif", ".tiff")
+# PIL modes that convert losslessly enough to 8-bit RGB / RGBA with PIL itself.
+_TO_RGB = {"1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "P": "RGBA", "PA": "RGBA",
+           "La": "LA", "RGBa": "RGBA", "RGBX": "RGB"}
+_NATIVE = {"L", "LA", "RGB", "RGBA", "I", "F"}
+
+
+def _from_pil(path: Path) -> np.ndarray:
+    """Decode with PIL into a channel-last array of the file's native depth."""
+    with Image.open(path) as im:
+        im.load()  # decode now so truncated/corrupt files fail here
+        mode = im.mode
+        if mode in _TO_RGB:
+            im = im.convert(_TO_RGB[mode])
+        elif mode.startswith("I;16"):
+            return np.asarray(im).astype(np.uint16)
+        elif mode not in _NATIVE:
+            raise DataError(f"image {path}: unsupported image mode {mode!r}")
+        return np.array(im)
+
+
+def _from_tifffile(path: Path) -> np.ndarray:
+    """Exact decoding of grayscale/RGB TIFFs of any depth (PIL mangles 16-bit multi-channel TIFFs)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        photometric = getattr(page.photometric, "name", str(page.photometric))
+        if photometric not in ("MINISBLACK", "RGB"):
+            raise ValueError(f"photometric {photometric} left to PIL")
+        arr = np.asarray(page.asarray())
+        if arr.ndim == 3 and getattr(page.planarconfig, "name", "") == "SEPARATE":
+            arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) -> (H, W, C)
+    return arr
+
+
+def _read_raw(path: str | PathLike[str], what: str) -> tuple[Path, np.ndarray]:
+    """Decode a file to (H, W) or (H, W, C) with C in 1..4; any failure -> DataError naming the path."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} file not found: {p}")
+    arr: np.ndarray | None = None
+    if p.suffix.lower() in _TIFF_SUFFIXES:
+        try:
+            arr = _from_tifffile(p)
+        except Exception as tiff_err:  # palette, CMYK, JPEG-in-TIFF, missing codecs...: PIL may manage
+            logger.debug("tifffile cannot read %s (%s); trying PIL", p, tiff_err)
+    try:
+        if arr is None:
+            arr = _from_pil(p)
+    except DataError:
+        raise
+    except Exception as err:  # PIL raises many types: OSError, SyntaxError, ValueError, ...
+        raise DataError(f"cannot read {what} {p}: not a valid or complete image file ({type(err).__name__}: {err})") from err
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (2, 3, 4)) or arr.size == 0:
+        raise DataError(f"{what} {p}: unsupported array shape {arr.shape} (expected HxW or HxWxC with C<=4)")
+    return p, arr
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale any bit depth to uint8 (16-bit by 255/65535 with rounding, never by clipping)."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        a = arr.astype(np.int64)
+        top = 65535 if (arr.dtype.itemsize <= 2 or a.max(initial=0) <= 65535) else int(np.iinfo(arr.dtype).max)
+        return ((np.clip(a, 0, top) * 255 + top // 2) // top).astype(np.uint8)
+    a = np.nan_to_num(arr.astype(np.float64))
+    hi = float(a.max(initial=0.0))
+    scale = 255.0 if hi <= 1.0 else (1.0 if hi <= 255.0 else (255.0 / 65535.0 if hi <= 65535.0 else 255.0 / hi))
+    return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+
+
+def load_image(path: str | PathLike[str]) -> np.ndarray:
+    """Read any supported image as RGB uint8 (H, W, 3); alpha is composited on black.
+
+    Raises DataError naming the file for missing, truncated, corrupt or unsupported files.
+    """
+    p, arr = _read_raw(path, "image")
+    arr = _to_uint8(arr)
+    if arr.ndim == 2:
+        return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
+    channels = arr.shape[-1]
+    if channels in (2, 4):  # colour + alpha: composite on black
+        color, alpha = arr[..., :-1].astype(np.uint32), arr[..., -1:].astype(np.uint32)
+        arr = ((color * alpha + 127) // 255).astype(np.uint8)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return np.ascontiguousarray(arr)
+
+
+def load_mask(path: str | PathLike[str]) -> np.ndarray:
+    """Read a ground-truth mask as bool (H, W): any nonzero pixel (in any colour channel) is defect."""
+    _, arr = _read_raw(path, "mask")
+    if arr.ndim == 3:
+        if arr.shape[-1] in (2, 4):
+            arr = arr[..., :-1]  # the alpha channel is not part of the label
+        return np.ascontiguousarray(np.any(arr != 0, axis=2))
+    return np.ascontiguousarray(arr != 0)

@@ -1,0 +1,30 @@
+"""Evaluation metrics (image/pixel AUROC, AUPRO, F1-max) and score thresholds."""
+
+from __future__ import annotations
+
+from .auroc import image_auroc, pixel_auroc, roc_curve
+from .evaluate import METRIC_KEYS, evaluate
+from .f1 import f1_max, pixel_f1_max
+from .pro import aupro, pro_curve
+from .thresholds import (
+    MinMaxNormalizer,
+    apply_threshold,
+    f1_threshold,
+    threshold_from_good,
+)
+
+__all__ = [
+    "METRIC_KEYS",
+    "MinMaxNormalizer",
+    "aupro",
+    "apply_threshold",
+    "evaluate",
+    "f1_max",
+    "f1_threshold",
+    "image_auroc",
+    "pixel_auroc",
+    "pixel_f1_max",
+    "pro_curve",
+    "roc_curve",
+    "threshold_from_good",
+]

@@ -1,0 +1,42 @@
+"""All benchmark metrics of one detector run in one call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConfigError, DataError
+from .auroc import as_array, image_auroc, pixel_auroc, validate_maps, validate_scores
+from .f1 import f1_max, pixel_f1_max
+from .pro import aupro
+
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1")
+
+
+def evaluate(
+    labels: Any, scores: Any, masks: Any | None, maps: Any | None, fpr_limit: float = 0.3
+) -> dict[str, float | None]:
+    """image_auroc, pixel_auroc, aupro, image_f1, pixel_f1; None where a metric is undefined.
+
+    labels (N,) in {0, 1}, scores (N,), masks (N,H,W) or None (no ground truth),
+    maps (N,H,W). Image metrics are None without anomalous images (image_auroc also
+    without normal ones); pixel metrics are None without masks or when the masks lack
+    defect or defect-free pixels. Unavailable is None, never 0.
+    """
+    y, s = validate_scores(labels, scores, "evaluate")
+    out: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
+    if y.any():
+        out["image_f1"] = f1_max(y, s)[0]
+        if not y.all():
+            out["image_auroc"] = image_auroc(y, s)
+    if masks is None:
+        return out
+    if maps is None:
+        raise ConfigError("evaluate: masks were given but maps is None")
+    m, a = validate_maps(masks, maps, "evaluate")
+    if len(a) != len(y):
+        raise DataError(f"evaluate: {len(y)} labels but {len(a)} maps (maps shape {as_array(maps).shape})")
+    if m.any() and not m.all():
+        out["pixel_auroc"] = pixel_auroc(m, a)
+        out["aupro"] = aupro(m, a, fpr_limit)
+        out["pixel_f1"] = pixel_f1_max(m, a)[0]
+    return out
