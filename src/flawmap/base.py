@@ -81,6 +81,8 @@ class BaseDetector:
     """Base class: parameters, validation at fit, batched predict, safe save/load."""
 
     name: ClassVar[str] = "base"
+    #: the paper's preprocessing (resize shorter side, then center crop; None = no crop)
+    paper_transform: ClassVar[dict[str, int | None]] = {"resize": 256, "crop": 224}
 
     # ---- parameters -------------------------------------------------------------------------
     @classmethod
@@ -107,6 +109,11 @@ class BaseDetector:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+    @classmethod
+    def tiny_params(cls) -> dict[str, Any]:
+        """Small settings used by the contract test suite (tiny images, few epochs); {} = defaults."""
+        return {}
 
     # ---- hooks for subclasses ---------------------------------------------------------------
     def _validate_params(self) -> None:
@@ -190,7 +197,7 @@ class BaseDetector:
             meta[k] = list(v) if isinstance(v, tuple) else v
         return meta
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
         """Write the fitted detector to a folder: config.json + model.safetensors (no pickle).
 
         The folder is written under a temporary name and renamed at the end, so a crash never
@@ -206,6 +213,7 @@ class BaseDetector:
             "detector": self.name,
             "params": _jsonable(self.get_params()),
             "state": self.state_meta(),
+            "extra": extra or {},
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -257,10 +265,8 @@ def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_detector(path: str | os.PathLike[str], device: str | None = None) -> BaseDetector:
-    """Load a detector saved with ``save``. Reads JSON and safetensors only: never executes code."""
-    from .registry import detector_class
-
+def read_model_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON config of a saved model folder (checked for format and version)."""
     path = Path(path)
     cfg_path, ten_path = path / CONFIG_NAME, path / TENSORS_NAME
     if not cfg_path.is_file() or not ten_path.is_file():
@@ -277,6 +283,16 @@ def load_detector(path: str | os.PathLike[str], device: str | None = None) -> Ba
             f"{config.get('flawmap_version')}) is not supported by flawmap {__version__} "
             f"(format version {MODEL_FORMAT_VERSION}); refit the model with this version"
         )
+    return config
+
+
+def load_detector(path: str | os.PathLike[str], device: str | None = None) -> BaseDetector:
+    """Load a detector saved with ``save``. Reads JSON and safetensors only: never executes code."""
+    from .registry import detector_class
+
+    path = Path(path)
+    config = read_model_config(path)
+    ten_path = path / TENSORS_NAME
     params = dict(config["params"])
     if device is not None and "device" in params:
         params["device"] = device

@@ -87,7 +87,7 @@ def _manual_layer2(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor
 
 def _check_r18(fx: bb.FeatureExtractor, sd: dict[str, torch.Tensor]) -> None:
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(fx(x)["layer2"], _manual_layer2(sd, x), rtol=0, atol=1e-5)
+    torch.testing.assert_close(fx(x)["layer2"], _manual_layer2(sd, x), rtol=1e-4, atol=1e-4)
 
 
 def _prep(img: np.ndarray, res: int) -> torch.Tensor:

@@ -268,7 +268,8 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("_norm_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_norm_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
-        self.to(device)
+        # channels_last: ~1.3-1.5x faster convolutions on CPU (oneDNN) and on CUDA tensor cores
+        self.to(device=device, memory_format=torch.channels_last)
         self.eval()
 
     def train(self, mode: bool = True) -> FeatureExtractor:
@@ -304,12 +305,12 @@ class FeatureExtractor(nn.Module):
         x = x.to(device=self.device, dtype=self._norm_mean.dtype)
         feats: dict[str, torch.Tensor] = {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
-            h = self.stem((x - self._norm_mean) / self._norm_std)
+            h = self.stem(((x - self._norm_mean) / self._norm_std).contiguous(memory_format=torch.channels_last))
             for stage_name, stage in zip(self.stage_names, self.stages):
                 h = stage(h)
                 if stage_name in self.layers:
                     feats[stage_name] = h
-        return {layer: feats[layer] for layer in self.layers}
+        return {layer: feats[layer].contiguous() for layer in self.layers}
 
 
 def create_backbone(name: str, layers: Sequence[str] | None = None, *, weights: str | os.PathLike[str] = "imagenet",

@@ -64,6 +64,8 @@ def greedy_coreset_pruned(features: np.ndarray, k: int, start: int, desc: str = 
     dist = _row_dist(x, x[start])  # d(x) (N,)
     assign = np.zeros(n, dtype=np.int32)  # a(x)
     members: list[np.ndarray] = [np.arange(n)]
+    count = np.zeros(k, dtype=np.int64)  # live members per cluster (lists may hold stale entries)
+    count[0] = n
     sel[0], centers[0], csq[0] = start, x[start], x[start] @ x[start]
     radius[0], far[0] = dist.max(), int(np.argmax(dist))
     pbar = bar(desc, total=k, unit="pt")
@@ -81,12 +83,12 @@ def greedy_coreset_pruned(features: np.ndarray, k: int, start: int, desc: str = 
         tol = 1e-3 * (float(radius[j]) + 1e-12)
         cand = np.flatnonzero(dc < 2.0 * radius[:t] + tol)
         lists = [members[i] for i in cand]
+        lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
         idx = np.concatenate(lists)
-        owner = np.repeat(cand, [len(m) for m in lists])
-        live = assign[idx] == owner  # drop points that already moved to a newer centre
-        idx, owner = idx[live], owner[live]
-        # point-level prune: x can move only if ||c - a(x)|| < 2 d(x)
-        check = dc[owner] < 2.0 * dist[idx] + tol
+        owner = np.repeat(cand, lens)
+        # drop points that already moved to a newer centre; point-level prune: x can move to c
+        # only if ||c - a(x)|| < 2 d(x)
+        check = (assign[idx] == owner) & (dc[owner] < 2.0 * dist[idx] + tol)
         cidx = idx[check]
         dnew = _row_dist(x[cidx], cx)
         move = dnew < dist[cidx]
@@ -95,20 +97,23 @@ def greedy_coreset_pruned(features: np.ndarray, k: int, start: int, desc: str = 
         dist[moved] = dnew[move][order]
         assign[moved] = t
         members.append(moved)
+        count[t] = len(moved)
+        np.subtract.at(count, owner[check][move], 1)
         if len(moved):
             m = int(np.argmax(dist[moved]))
             radius[t], far[t] = dist[moved[m]], moved[m]
-        # refresh radius / farthest point / member list of every candidate cluster
-        stay = assign[idx] == owner
-        kidx, kown = idx[stay], owner[stay]
-        bounds = np.searchsorted(kown, cand, side="left").tolist() + [len(kidx)]
-        kd = dist[kidx]
-        for p, ci in enumerate(cand.tolist()):
-            s, e = bounds[p], bounds[p + 1]
-            members[ci] = kidx[s:e]
-            if e > s:
-                m = s + int(np.argmax(kd[s:e]))
-                radius[ci], far[ci] = kd[m], kidx[m]
+        # compact lists that became mostly stale
+        for ci in cand[lens > 2 * count[cand] + 32].tolist():
+            mem = members[ci]
+            members[ci] = mem[assign[mem] == ci]
+        # a cluster's radius changes only if its farthest point moved: refresh just those
+        for ci in cand[assign[far[cand]] == t].tolist():
+            mem = members[ci]
+            mem = mem[assign[mem] == ci]  # compact the list
+            members[ci] = mem
+            if len(mem):
+                m = int(np.argmax(dist[mem]))
+                radius[ci], far[ci] = dist[mem[m]], mem[m]
             else:
                 radius[ci], far[ci] = 0.0, c
         if t % 256 == 0:

@@ -1,0 +1,158 @@
+"""Building blocks of RIAD (Zavrtanik et al. 2021): U-Net, grid masks, SSIM and MSGMS.
+
+* Grid masks: the image is cut into k x k cells; the cells are split at random into n disjoint sets
+  of (nearly) equal size S_1..S_n; mask M_i is 1 on the cells of S_i. sum_i M_i = 1.
+* Inpainting: I_r = sum_i f(I * (1 - M_i)) * M_i, so every pixel is predicted from an input in
+  which its own cell was removed.
+* GMS (gradient magnitude similarity, Xue et al. 2014): Prewitt gradient magnitudes g, g_r and
+  GMS = (2 g g_r + c) / (g^2 + g_r^2 + c) with c = 0.0026 (= 170 / 255^2, images in [0, 1]).
+  MSGMS averages 1 - GMS over 4 scales (image, 1/2, 1/4, 1/8; average pooling).
+* SSIM (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5, C1 = 0.01^2, C2 = 0.03^2.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GMS_C = 0.0026
+SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
+
+
+# ---- U-Net -------------------------------------------------------------------------------------
+def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """Encoder-decoder with skip connections (Ronneberger et al. 2015) predicting an RGB image.
+
+    Level i has ``base * 2**i`` channels, i = 0..depth; input sides must be multiples of 2**depth.
+    x (B, 3, H, W) -> (B, 3, H, W).
+    """
+
+    def __init__(self, base: int = 64, depth: int = 4, in_channels: int = 3, out_channels: int = 3) -> None:
+        super().__init__()
+        widths = [base * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList([_double_conv(in_channels, widths[0])] +
+                                  [_double_conv(widths[i - 1], widths[i]) for i in range(1, depth + 1)])
+        self.up = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1) for i in reversed(range(depth)))
+        self.merge = nn.ModuleList(_double_conv(2 * widths[i], widths[i]) for i in reversed(range(depth)))
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(F.max_pool2d(x, 2) if i else x)
+            skips.append(x)
+        skips.pop()  # the bottleneck output is x itself
+        for up, merge in zip(self.up, self.merge):
+            x = up(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
+            x = merge(torch.cat([skips.pop(), x], dim=1))
+        return self.head(x)
+
+
+# ---- masks and inpainting ----------------------------------------------------------------------
+def grid_masks(batch: int, size: tuple[int, int], cell: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Random disjoint grid masks (batch, n, H, W) in {0, 1}; one partition per image, sum over n == 1.
+
+    The ceil(H/cell) x ceil(W/cell) cells are shuffled and dealt into n sets of equal size (+-1).
+    """
+    h, w = size
+    gh, gw = math.ceil(h / cell), math.ceil(w / cell)
+    n_cells = gh * gw
+    order = torch.rand(batch, n_cells, generator=generator).argsort(dim=1)  # cell ranks per image
+    owner = torch.empty_like(order)
+    owner.scatter_(1, order, (torch.arange(n_cells) * n // n_cells).expand(batch, -1))  # set index of each cell
+    owner = owner.view(batch, 1, gh, gw)
+    masks = (owner == torch.arange(n).view(1, n, 1, 1)).float()  # (B, n, gh, gw)
+    masks = masks.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)
+    return masks[:, :, :h, :w]
+
+
+def inpaint(net: nn.Module, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """I_r = sum_i f(I * (1 - M_i)) * M_i; x (B, 3, H, W), masks (B, n, H, W) or (n, H, W)."""
+    b, n = x.shape[0], masks.shape[-3]
+    m = masks.expand(b, n, *x.shape[-2:]).to(x).unsqueeze(2)  # (B, n, 1, H, W)
+    inputs = (x.unsqueeze(1) * (1 - m)).flatten(0, 1)  # (B n, 3, H, W)
+    out = net(inputs).view(b, n, *x.shape[1:])  # (B, n, 3, H, W)
+    return (out * m).sum(1)
+
+
+# ---- similarity measures -----------------------------------------------------------------------
+def _gaussian_window(size: int, sigma: float, device: torch.device) -> torch.Tensor:
+    r = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    g = torch.exp(-0.5 * (r / sigma) ** 2)
+    g = g / g.sum()
+    return torch.outer(g, g)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """SSIM per pixel and channel, x, y (B, C, H, W) in [0, 1] -> (B, C, H, W) (reflect padding)."""
+    c = x.shape[1]
+    k = _gaussian_window(window, sigma, x.device).to(x.dtype).expand(c, 1, window, window)
+    pad = window // 2
+    mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(t, (pad,) * 4, mode=mode), k, groups=c)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    return ((2 * mu_x * mu_y + SSIM_C1) * (2 * cov + SSIM_C2)) / ((mu_x**2 + mu_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2))
+
+
+def _prewitt_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """Prewitt gradient magnitude per channel (kernels / 3), x (B, C, H, W) -> (B, C, H, W)."""
+    c = x.shape[1]
+    kx = torch.tensor([[1.0, 0.0, -1.0]] * 3, device=x.device, dtype=x.dtype) / 3.0
+    k = torch.stack([kx, kx.t()]).unsqueeze(1).repeat(c, 1, 1, 1)  # (2C, 1, 3, 3)
+    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=c).view(x.shape[0], c, 2, *x.shape[-2:])
+    return torch.sqrt(g.pow(2).sum(2) + 1e-12)
+
+
+def gms_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """GMS similarity (B, C, H, W) in (0, 1]."""
+    gx, gy = _prewitt_magnitude(x), _prewitt_magnitude(y)
+    return (2 * gx * gy + GMS_C) / (gx.pow(2) + gy.pow(2) + GMS_C)
+
+
+def msgms_map(x: torch.Tensor, y: torch.Tensor, scales: int = 4) -> torch.Tensor:
+    """Multi-scale GMS distance (B, H, W): mean over scales of 1 - GMS (channel mean), upsampled."""
+    size = x.shape[-2:]
+    total = x.new_zeros(x.shape[0], *size)
+    for s in range(scales):
+        if s:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+        d = (1 - gms_map(x, y)).mean(1, keepdim=True)  # (B, 1, H/2^s, W/2^s)
+        total += F.interpolate(d, size=size, mode="bilinear", align_corners=False)[:, 0] if s else d[:, 0]
+    return total / scales
+
+
+def riad_loss(x: torch.Tensor, recon: torch.Tensor, ssim_weight: float = 1.0, gms_weight: float = 1.0) -> torch.Tensor:
+    """L = L2(I, I_r) + lambda_S (1 - mean SSIM) + lambda_G mean MSGMS (paper: lambda_S = lambda_G = 1)."""
+    l2 = F.mse_loss(recon, x)
+    return l2 + ssim_weight * (1 - ssim_map(x, recon).mean()) + gms_weight * msgms_map(x, recon).mean()
+
+
+def mean_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """Box filter of maps (B, H, W) with a size x size window (replicate padding); size <= 1: no-op."""
+    if size <= 1:
+        return maps
+    left = (size - 1) // 2
+    x = F.pad(maps.unsqueeze(1), (left, size - 1 - left, left, size - 1 - left), mode="replicate")
+    return F.avg_pool2d(x, size, stride=1)[:, 0]
+
+
+def check_grid(size: int, grid_sizes: Sequence[int]) -> list[str]:
+    """Problems with grid cell sizes for an image side ``size`` (empty list: fine)."""
+    return [f"cell {k} > image size {size}" for k in grid_sizes if k > size]

@@ -1,0 +1,331 @@
+"""The one explicit training loop of the trained detectors (FastFlow, RIAD): no framework.
+
+    report = train(model, data, loss_fn, TrainSettings(epochs=..., batch_size=..., lr=...),
+                   config={...}, device=dev)
+
+* ``data``: a tensor (N, ...) or a dict of tensors sharing the first dimension N; batches are
+  index selections moved to ``device``.
+* ``loss_fn(model, batch, generator) -> scalar loss``: any randomness (e.g. RIAD's masks) must be
+  drawn from ``generator``; the loop never touches the global RNG.
+* Optimiser: Adam (both papers use it) with ``lr`` and L2 ``weight_decay``.
+* Determinism: epoch ``e`` shuffles and draws from a generator seeded by hash(seed, e), so a run
+  resumed from the checkpoint written after epoch ``e`` continues bit-for-bit like an
+  uninterrupted run (same device and library versions).
+* Checkpoint after every epoch in ``checkpoint_dir``: ``ckpt-<epoch>.safetensors`` (model,
+  Adam state and best-so-far weights, flattened) + ``checkpoint.json`` (epoch, next RNG state as
+  a list, config hash, losses, best validation loss). Each file is written to a temporary name and
+  renamed (``os.replace``); the JSON is renamed last and names its tensors file, so a kill at any
+  point leaves the previous complete checkpoint. A checkpoint is reused only when its config hash
+  (all hyperparameters except ``epochs`` and ``checkpoint_dir``, plus a fingerprint of the
+  training data) equals the current one.
+* Validation (``val_fraction`` > 0): a seeded split of the training data; its loss is computed
+  each epoch with a fixed generator, the best weights are restored at the end, and training stops
+  after ``patience`` epochs without improvement (``patience`` 0: never stops early).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Union
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import ConfigError, ModelFileError
+from ..progress import bar
+
+log = logging.getLogger(__name__)
+
+Data = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+LossFn = Callable[[nn.Module, Any, torch.Generator], torch.Tensor]
+
+CHECKPOINT_JSON = "checkpoint.json"
+CHECKPOINT_FORMAT = "flawmap-train-checkpoint"
+CHECKPOINT_VERSION = 1
+_VAL_STREAM = 2**31 - 1  # "epoch" index of the validation split / validation loss generators
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    seed: int = 0
+    val_fraction: float = 0.0
+    patience: int = 0
+    checkpoint_dir: str | None = None
+    desc: str = "train"
+
+
+@dataclass
+class TrainReport:
+    """What happened: per-epoch mean losses and wall times, where training resumed and stopped."""
+
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)  # epochs run in this call only
+    resumed_from: int = 0  # epochs already done when this call started (0: fresh)
+    epochs_done: int = 0
+    best_epoch: int | None = None  # 1-based epoch whose weights were kept (validation only)
+    stopped_early: bool = False
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """CPU generator of epoch ``epoch``: seeded by a hash of (seed, epoch), independent of history."""
+    digest = hashlib.sha256(f"flawmap-train:{int(seed)}:{int(epoch)}".encode()).digest()
+    g = torch.Generator()
+    g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return g
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """sha256 (hex, 16 chars) of the shapes, dtypes and bytes of tensors: identifies training data."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_len(data: Data) -> int:
+    if isinstance(data, torch.Tensor):
+        return len(data)
+    lens = {len(v) for v in data.values()}
+    if len(lens) != 1:
+        raise ConfigError(f"training data tensors differ in length: {sorted(lens)}")
+    return lens.pop()
+
+
+def take(data: Data, idx: torch.Tensor, device: torch.device) -> Data:
+    """Rows ``idx`` of every tensor, on ``device``."""
+    if isinstance(data, torch.Tensor):
+        return data[idx.to(data.device)].to(device, non_blocking=True)
+    return {k: v[idx.to(v.device)].to(device, non_blocking=True) for k, v in data.items()}
+
+
+def split_validation(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded split of range(n) -> (train indices, validation indices), both sorted."""
+    if fraction <= 0:
+        return torch.arange(n), torch.arange(0)
+    n_val = max(1, int(round(n * fraction)))
+    if n_val >= n:
+        raise ConfigError(f"val_fraction={fraction} leaves no training image out of {n}; use a smaller fraction")
+    perm = torch.randperm(n, generator=epoch_generator(seed, _VAL_STREAM))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Adam state -> tensors {"optim.<param>.<key>"} + JSON (param groups, non-tensor state)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, t in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = t
+    for name, value in meta["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _model_tensors(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+@dataclass
+class _Progress:
+    """Loop state that a checkpoint restores (besides model and optimiser tensors)."""
+
+    epoch: int = 0
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    best_val: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+def save_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, st: _Progress,
+                    chash: str, seed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = _model_tensors(model, "model")
+    opt_tensors, opt_meta = _flatten_optimizer(opt)
+    tensors.update(opt_tensors)
+    if st.best_state is not None:
+        tensors.update({f"best.{k}": v for k, v in st.best_state.items()})
+    name = f"ckpt-{st.epoch:06d}.safetensors"
+    _write_atomic(folder / name, lambda p: save_file(tensors, str(p), metadata={"config_hash": chash}))
+    meta = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config_hash": chash,
+        "epoch": st.epoch, "tensors": name,
+        # state of the generator that epoch st.epoch (0-based, the next one) will use
+        "rng_state": epoch_generator(seed, st.epoch).get_state().tolist(),
+        "train_losses": st.train_losses, "val_losses": st.val_losses, "best_val_loss": st.best_val,
+        "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs, "stopped_early": st.stopped_early,
+        "optimizer": opt_meta,
+    }
+    _write_atomic(folder / CHECKPOINT_JSON, lambda p: p.write_text(json.dumps(meta)))
+    for old in folder.glob("ckpt-*.safetensors"):  # tensors files no JSON points to any more
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def read_checkpoint(folder: Path, chash: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """(meta, tensors) of the checkpoint in ``folder`` if it has config hash ``chash``, else None."""
+    path = folder / CHECKPOINT_JSON
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path}: unreadable training checkpoint ({exc})") from None
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != CHECKPOINT_VERSION:
+        raise ModelFileError(f"{path}: not a flawmap training checkpoint (version {CHECKPOINT_VERSION})")
+    if meta["config_hash"] != chash:
+        log.warning("%s holds a checkpoint of another configuration or training set (hash %s, now %s): "
+                    "training from scratch and overwriting it", folder, meta["config_hash"], chash)
+        return None
+    try:
+        tensors = load_file(str(folder / meta["tensors"]))
+    except Exception as exc:  # noqa: BLE001 - safetensors error types, OSError
+        raise ModelFileError(f"{folder / meta['tensors']}: unreadable checkpoint tensors ({exc})") from None
+    return meta, tensors
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+@torch.no_grad()
+def _mean_loss(model: nn.Module, data: Data, idx: torch.Tensor, loss_fn: LossFn, batch_size: int,
+               device: torch.device, seed: int) -> float:
+    """Mean loss over rows ``idx`` in eval mode, with the same generator every epoch."""
+    model.eval()
+    g = epoch_generator(seed, _VAL_STREAM + 1)
+    total = 0.0
+    for s in range(0, len(idx), batch_size):
+        b = idx[s:s + batch_size]
+        total += float(loss_fn(model, take(data, b, device), g)) * len(b)
+    return total / len(idx)
+
+
+def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings, *,
+          config: Mapping[str, Any], device: torch.device) -> TrainReport:
+    """Train ``model`` (already on ``device``) in place; returns a :class:`TrainReport`."""
+    s = settings
+    n = data_len(data)
+    train_idx, val_idx = split_validation(n, s.val_fraction, s.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    chash = config_hash({**config, "seed": s.seed, "batch_size": s.batch_size, "lr": s.lr,
+                         "weight_decay": s.weight_decay, "val_fraction": s.val_fraction, "patience": s.patience})
+    folder = Path(s.checkpoint_dir) if s.checkpoint_dir else None
+    st = _Progress()
+    ckpt = read_checkpoint(folder, chash) if folder else None
+    if ckpt is not None:
+        meta, tensors = ckpt
+        if meta["epoch"] > s.epochs and not meta["stopped_early"]:
+            log.warning("%s: checkpoint is at epoch %d > epochs=%d: training from scratch", folder, meta["epoch"], s.epochs)
+        else:
+            model.load_state_dict(_strip(tensors, "model"), strict=True)
+            opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+            best = _strip(tensors, "best")
+            st = _Progress(meta["epoch"], meta["train_losses"], meta["val_losses"], meta["best_val_loss"],
+                           meta["best_epoch"], meta["bad_epochs"], meta["stopped_early"], best or None)
+            log.info("%s: resuming from %s after epoch %d", s.desc, folder, st.epoch)
+    report = TrainReport(resumed_from=st.epoch)
+    n_batches = math.ceil(len(train_idx) / s.batch_size)
+    remaining = 0 if st.stopped_early else max(0, s.epochs - st.epoch)
+    pbar = bar(s.desc, total=remaining * n_batches, unit="batch")
+    try:
+        while st.epoch < s.epochs and not st.stopped_early:
+            t0 = time.perf_counter()
+            g = epoch_generator(s.seed, st.epoch)
+            order = train_idx[torch.randperm(len(train_idx), generator=g)]
+            model.train()
+            total = 0.0
+            for b in range(n_batches):
+                idx = order[b * s.batch_size:(b + 1) * s.batch_size]
+                loss = loss_fn(model, take(data, idx, device), g)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{s.desc}: loss is {float(loss)} at epoch {st.epoch + 1}; lower lr={s.lr}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                pbar.update(1)
+                pbar.set_postfix(epoch=st.epoch + 1, loss=f"{float(loss.detach()):.4g}")
+            st.epoch += 1
+            st.train_losses.append(total / len(train_idx))
+            msg = f"{s.desc}: epoch {st.epoch}/{s.epochs} loss {st.train_losses[-1]:.5g}"
+            if len(val_idx):
+                v = _mean_loss(model, data, val_idx, loss_fn, s.batch_size, device, s.seed)
+                st.val_losses.append(v)
+                msg += f" val {v:.5g}"
+                if st.best_val is None or v < st.best_val:
+                    st.best_val, st.best_epoch, st.bad_epochs = v, st.epoch, 0
+                    st.best_state = _strip(_model_tensors(model, "m"), "m")
+                else:
+                    st.bad_epochs += 1
+                    st.stopped_early = s.patience > 0 and st.bad_epochs >= s.patience
+            report.epoch_seconds.append(time.perf_counter() - t0)
+            log.info("%s (%.1f s)", msg, report.epoch_seconds[-1])
+            if folder:
+                save_checkpoint(folder, model, opt, st, chash, s.seed)
+    finally:
+        pbar.close()
+    if st.best_state is not None:  # validation: keep the weights of the best epoch
+        model.load_state_dict(st.best_state, strict=True)
+    model.eval()
+    report.train_losses, report.val_losses = list(st.train_losses), list(st.val_losses)
+    report.epochs_done, report.best_epoch, report.stopped_early = st.epoch, st.best_epoch, st.stopped_early
+    if st.stopped_early:
+        log.info("%s: stopped early after epoch %d (best epoch %s)", s.desc, st.epoch, st.best_epoch)
+    return report
+
+
+def seeded_init(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a module with weights drawn from ``seed`` without changing the global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build()

@@ -1,0 +1,182 @@
+"""FastFlow (Yu et al. 2021, arXiv:2111.07677): a 2D normalizing flow per feature scale.
+
+Features of a frozen ImageNet CNN at strides 4, 8, 16 (the first three stages of the paper's
+ResNets) are layer-normalised over (C, h, w) with a learned elementwise affine, then mapped by a
+flow f_l of K affine coupling steps (subnets alternate 3x3 and 1x1 convolutions) to z_l ~ N(0, I).
+Training minimises sum_l [0.5 ||z_l||^2 - log|det J_l|] (mean over the batch) with Adam.
+Anomaly map (paper): per scale p_l = exp(-0.5 mean_c z_l^2) (h_l, w_l), upsampled to the image and
+averaged over scales; map = -mean_l p_l ("prob"), or mean_l 0.5 mean_c z_l^2 ("nll"). Score = max.
+
+Defaults (paper, Sec. 4): K = 8 steps, Adam lr 1e-3, weight decay 1e-5, batch 32, 500 epochs,
+hidden ratio 1.0 (ResNet18) / 0.16 (WideResNet50-2). The paper does not cover EfficientNet-Lite:
+its stages are as narrow as ResNet18's (24/48/120 channels for lite2), so it gets 1.0 too. The
+coupling clamp (2.0) is not given in the paper. Speed: the backbone is frozen and training images
+are not augmented, so their normalised features are computed once and cached in memory
+(``cache_features``); an epoch then costs only the flows.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..base import BaseDetector, check_choice, check_range
+from ..components.anomaly_map import upsample
+from ..components.backbones import create_backbone, layers_at_strides, list_backbones
+from ..components.features import extract_features
+from ..components.flows import Flow2d, gaussian_nll
+from ..components.training import TrainSettings, fingerprint, seeded_init, train
+from ..errors import ConfigError
+from ..registry import register_detector
+
+log = logging.getLogger(__name__)
+
+#: hidden channels / input channels of the coupling subnets when ``hidden_ratio`` is None
+HIDDEN_RATIO = {"resnet18": 1.0, "wide_resnet50_2": 0.16, "efficientnet_lite0": 1.0, "efficientnet_lite2": 1.0}
+STRIDES = (4, 8, 16)
+
+
+class FastFlowModel(nn.Module):
+    """Learned part: per scale l a LayerNorm affine (C_l, h_l, w_l) and a flow f_l."""
+
+    def __init__(self, shapes: list[tuple[int, int, int]], steps: int, hidden_ratio: float, clamp: float,
+                 seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(int(seed))  # channel permutations of the steps
+        self.norm_weight = nn.ParameterList(nn.Parameter(torch.ones(s)) for s in shapes)
+        self.norm_bias = nn.ParameterList(nn.Parameter(torch.zeros(s)) for s in shapes)
+        self.flows = nn.ModuleList(Flow2d(c, steps, hidden_ratio, clamp, generator=g) for c, _, _ in shapes)
+
+    def forward(self, feats: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Normalised features [(B, C_l, h_l, w_l)] -> ([z_l (B, C_l, h_l, w_l)], NLL (B,) summed over l)."""
+        zs, nll = [], feats[0].new_zeros(feats[0].shape[0])
+        for f, w, b, flow in zip(feats, self.norm_weight, self.norm_bias, self.flows):
+            z, logdet = flow(f * w + b)
+            zs.append(z)
+            nll = nll + gaussian_nll(z, logdet)
+        return zs, nll
+
+
+def _normalise(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LayerNorm over (C, h, w) per sample, without affine (the affine is learned in FastFlowModel)."""
+    return {k: F.layer_norm(v, v.shape[1:]) for k, v in feats.items()}
+
+
+@register_detector("fastflow")
+class FastFlow(BaseDetector):
+    def __init__(self, *, backbone: str = "efficientnet_lite2", layers: tuple[str, ...] | None = None,
+                 weights: str = "imagenet", flow_steps: int = 8, hidden_ratio: float | None = None, clamp: float = 2.0,
+                 anomaly_map: str = "prob", epochs: int = 500, batch_size: int = 32, lr: float = 1e-3,
+                 weight_decay: float = 1e-5, cache_features: bool = True, val_fraction: float = 0.0,
+                 patience: int = 0, checkpoint_dir: str | None = None, seed: int = 0,
+                 device: str = "auto") -> None:
+        self.backbone = backbone
+        self.layers = layers
+        self.weights = weights
+        self.flow_steps = flow_steps
+        self.hidden_ratio = hidden_ratio
+        self.clamp = clamp
+        self.anomaly_map = anomaly_map
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.cache_features = cache_features
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.checkpoint_dir = checkpoint_dir
+        self.seed = seed
+        self.device = device
+
+    @classmethod
+    def tiny_params(cls) -> dict[str, object]:
+        return {"backbone": "efficientnet_lite0", "epochs": 3, "batch_size": 4}
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def _validate_params(self) -> None:
+        check_choice("backbone", self.backbone, list_backbones())
+        if self.layers is not None and (not isinstance(self.layers, (list, tuple)) or not self.layers):
+            raise ConfigError(f"layers must be None (the stride 4, 8, 16 layers) or a non-empty tuple of names; got {self.layers!r}")
+        if not isinstance(self.weights, str):
+            raise ConfigError(f"weights must be 'imagenet', 'random' or a checkpoint path; got {self.weights!r}")
+        check_range("flow_steps", self.flow_steps, 1, 64, integer=True)
+        if self.hidden_ratio is not None:
+            check_range("hidden_ratio", self.hidden_ratio, 0, 8, low_open=True)
+        check_range("clamp", self.clamp, 0, None, low_open=True)
+        check_choice("anomaly_map", self.anomaly_map, ("prob", "nll"))
+        check_range("epochs", self.epochs, 1, None, integer=True)
+        check_range("batch_size", self.batch_size, 1, None, integer=True)
+        check_range("lr", self.lr, 0, 1, low_open=True)
+        check_range("weight_decay", self.weight_decay, 0, 1)
+        check_choice("cache_features", self.cache_features, (True, False))
+        check_range("val_fraction", self.val_fraction, 0, 0.5)
+        check_range("patience", self.patience, 0, None, integer=True)
+        check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, str):
+            raise ConfigError(f"checkpoint_dir must be None or a folder path string; got {self.checkpoint_dir!r}")
+
+    def _setup(self) -> None:
+        layers = list(self.layers) if self.layers is not None else layers_at_strides(self.backbone, STRIDES)
+        self._backbone = create_backbone(self.backbone, layers, weights=self.weights, device=self.device)
+
+    def _ratio(self) -> float:
+        return HIDDEN_RATIO[self.backbone] if self.hidden_ratio is None else float(self.hidden_ratio)
+
+    @torch.no_grad()
+    def _build_modules(self) -> None:
+        """FastFlowModel for the feature shapes of input_size_ (learned state restored by base)."""
+        shapes = [tuple(f.shape[1:]) for f in self._backbone(torch.zeros(1, 3, *self.input_size_)).values()]
+        self.flow_ = seeded_init(self.seed, lambda: FastFlowModel(
+            shapes, self.flow_steps, self._ratio(), self.clamp, self.seed)).to(self.device_)
+
+    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images (B, 3, H, W) -> normalised features [(B, C_l, h_l, w_l)] on the device."""
+        return list(_normalise(self._backbone(images.to(self.device_))).values())
+
+    def _fit(self, images: torch.Tensor) -> None:
+        self.input_size_ = [int(images.shape[2]), int(images.shape[3])]
+        self._build_modules()
+        if self.cache_features:  # frozen backbone, no augmentation: features once, epochs cost the flows only
+            data: Any = {k: v.to(self.device_) for k, v in _normalise(extract_features(
+                self._backbone, images, batch_size=self.batch_size, desc="fastflow: features")).items()}
+
+            def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], g: torch.Generator) -> torch.Tensor:
+                return model(list(batch.values()))[1].mean()  # paper loss, mean over the batch
+        else:
+            data = images
+
+            def loss_fn(model: nn.Module, batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+                with torch.no_grad():
+                    feats = self._features(batch)
+                return model(feats)[1].mean()
+
+        params = {k: v for k, v in self.get_params().items() if k not in ("epochs", "checkpoint_dir", "cache_features", "anomaly_map")}
+        settings = TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                                 weight_decay=self.weight_decay, seed=self.seed, val_fraction=self.val_fraction,
+                                 patience=self.patience, checkpoint_dir=self.checkpoint_dir, desc="fastflow: train")
+        report = train(self.flow_, data, loss_fn, settings, device=self.device_,
+                       config={"detector": self.name, **params, "data": fingerprint(images)})
+        self.flow_.eval()
+        self.train_losses_ = report.train_losses
+        self.val_losses_ = report.val_losses
+        self.train_report = report  # not saved: timing of this fit (seconds per epoch, resume point)
+
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        size = tuple(images.shape[-2:])
+        x = images if list(size) == self.input_size_ else F.interpolate(
+            images, size=tuple(self.input_size_), mode="bilinear", align_corners=False, antialias=True)
+        zs, _ = self.flow_(self._features(x))
+        per_scale = []
+        for z in zs:  # z_l (B, C_l, h_l, w_l)
+            half_sq = 0.5 * z.pow(2).mean(1)  # (B, h_l, w_l) = -log p per channel, up to a constant
+            m = torch.exp(-half_sq) if self.anomaly_map == "prob" else half_sq
+            per_scale.append(upsample(m, tuple(self.input_size_)))
+        maps = torch.stack(per_scale).mean(0)  # (B, H, W)
+        if self.anomaly_map == "prob":
+            maps = -maps
+        maps = upsample(maps, size)
+        return maps.flatten(1).amax(1), maps

@@ -1,0 +1,146 @@
+"""PaDiM (Defard et al., "PaDiM: a Patch Distribution Modeling Framework for Anomaly Detection and
+Localization", ICPR 2020 workshops).
+
+fit:     embedding x_ij = concat(layer1, layer2, layer3) upsampled to the finest grid, restricted to a
+         seeded random subset of d channels; per position (i, j) a Gaussian N(mu_ij, Sigma_ij) with
+         Sigma_ij = cov + eps I (eps = 0.01), accumulated batch by batch (never all embeddings at once).
+predict: M(x_ij) = sqrt((x_ij - mu_ij)^T Sigma_ij^-1 (x_ij - mu_ij)) -> map (h, w), upsampled and
+         smoothed (Gaussian sigma 4); image score = max of the map.
+
+Layer upsampling is nearest-neighbour: the reference implementation concatenates layers by
+repeating each coarse cell over the fine cells it covers, which is nearest upsampling.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from ..base import BaseDetector, batched, check_choice, check_range, seeded_generator
+from ..components.anomaly_map import anomaly_map
+from ..components.backbones import create_backbone, layers_at_strides, list_backbones
+from ..components.features import extract_features
+from ..components.gaussian import StreamingGaussian, check_memory, inverse_cholesky_, mahalanobis
+from ..errors import ConfigError
+from ..progress import progress
+from ..registry import register_detector
+
+log = logging.getLogger(__name__)
+
+#: d per backbone when ``n_features=None``. Paper (Table 1/§4): R18 100 of 448, WRN50 550 of 1792.
+#: EfficientNet-Lite (not in the paper): 100 of 176 (lite0) / 192 (lite2) channels, the R18 value;
+#: on MVTec bottle, lite2 at 224 px, d=100 and d=192 give the same AUROCs (see benchmarks/).
+DEFAULT_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550, "efficientnet_lite0": 100, "efficientnet_lite2": 100}
+#: layers 1..3 of the paper = the stages at strides 4, 8, 16
+PAPER_STRIDES = (4, 8, 16)
+
+
+@register_detector("padim")
+class PaDiM(BaseDetector):
+    """Paper defaults: layers 1..3 (strides 4, 8, 16), random d channels (R18 100, WRN50 550), eps 0.01, sigma 4."""
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "efficientnet_lite2",
+        layers: tuple[str, ...] | None = None,  # None: the stride 4, 8, 16 stages (ResNet layer1..3)
+        weights: str = "imagenet",
+        n_features: int | None = None,  # d, random channel subset; None: DEFAULT_N_FEATURES[backbone]
+        eps: float = 0.01,  # Sigma = cov + eps I
+        sigma: float = 4.0,  # Gaussian smoothing of the upsampled map
+        batch_size: int = 8,
+        seed: int = 0,  # seeds the random channel subset
+        device: str = "auto",
+    ) -> None:
+        self.backbone = backbone
+        self.layers = layers
+        self.weights = weights
+        self.n_features = n_features
+        self.eps = eps
+        self.sigma = sigma
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+
+    @classmethod
+    def tiny_params(cls) -> dict[str, object]:
+        return {"backbone": "efficientnet_lite0"}
+
+    def _validate_params(self) -> None:
+        check_choice("backbone", self.backbone, list_backbones())
+        if self.layers is not None and (isinstance(self.layers, str) or not self.layers):
+            raise ConfigError(f"layers must be None or a non-empty tuple of layer names; got {self.layers!r}")
+        if self.n_features is not None:
+            check_range("n_features", self.n_features, 1, integer=True)
+        check_range("eps", self.eps, 0.0, low_open=True)
+        check_range("sigma", self.sigma, 0.0)
+        check_range("batch_size", self.batch_size, 1, integer=True)
+        check_range("seed", self.seed, 0, integer=True)
+
+    def _setup(self) -> None:
+        layers = self.layers if self.layers is not None else layers_at_strides(self.backbone, PAPER_STRIDES)
+        self._backbone = create_backbone(self.backbone, tuple(layers), weights=self.weights, device=self.device)
+
+    # ---- embedding ------------------------------------------------------------------------------
+    def _choose_channels(self, total: int) -> torch.Tensor:
+        """Seeded random subset of d channel indices of the concatenated layers (sorted) (d,)."""
+        d = self.n_features
+        if d is None:
+            d = min(DEFAULT_N_FEATURES.get(self.backbone, total), total)
+        elif d > total:
+            raise ConfigError(f"n_features={d} is out of range; allowed: [1, {total}] (channels of layers "
+                              f"{list(self._backbone.layers)} of {self.backbone})")
+        perm = torch.randperm(total, generator=seeded_generator(self.seed))
+        return perm[:d].sort().values
+
+    def _embed(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{layer: (B, C_l, h_l, w_l)} -> x (B, d, h, w): the chosen channels on the finest grid."""
+        idx = self.channel_idx_
+        size = max((f.shape[-2:] for f in feats.values()), key=lambda s: s[0] * s[1])
+        parts, offset = [], 0
+        for f in feats.values():
+            c = f.shape[1]
+            sel = idx[(idx >= offset) & (idx < offset + c)] - offset
+            offset += c
+            if len(sel):
+                f = f[:, sel.to(f.device)]  # select before upsampling: the same values, less work
+                parts.append(F.interpolate(f, size=size, mode="nearest") if f.shape[-2:] != size else f)
+        return torch.cat(parts, dim=1)
+
+    # ---- fit / predict --------------------------------------------------------------------------
+    def _fit(self, images: torch.Tensor) -> None:
+        n = len(images)
+        if n < 2:
+            raise ConfigError(f"PaDiM needs at least 2 training images to estimate covariances; got {n}")
+        acc: StreamingGaussian | None = None
+        for sl in progress(batched(n, self.batch_size), desc="padim: fit", unit="batch"):
+            feats = extract_features(self._backbone, images[sl], batch_size=self.batch_size, desc="padim: features")
+            if acc is None:  # first batch: channel subset, grid and the memory check, before allocating
+                self.channel_idx_ = self._choose_channels(sum(f.shape[1] for f in feats.values()))
+                emb = self._embed(feats)
+                h, w = emb.shape[-2:]
+                need = check_memory(h * w, emb.shape[1], self.device_, what="padim")
+                log.info("padim: %d positions x d=%d, %.2f GiB of covariances", h * w, emb.shape[1], need / 1024**3)
+                acc = StreamingGaussian(h * w, emb.shape[1], self.device_)
+                self.grid_ = [int(h), int(w)]
+            else:
+                emb = self._embed(feats)
+            acc.update(emb.flatten(2).permute(2, 0, 1))  # (P, B, d)
+        assert acc is not None
+        cov = acc.covariance_(self.eps)  # Sigma_ij (P, d, d), in the accumulator's buffer
+        self.mean_ = acc.mean  # mu_ij (P, d)
+        self.inv_chol_ = inverse_cholesky_(cov)  # L_ij^-1 (P, d, d), Sigma_ij = L L^T; same buffer
+        self.channel_idx_ = self.channel_idx_.to(self.device_)
+
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self._embed(self._backbone(images))  # (B, d, h, w)
+        b, _, h, w = emb.shape
+        if [h, w] != list(self.grid_):
+            raise ConfigError(f"PaDiM was fitted on a {tuple(self.grid_)} feature grid; these images give {(h, w)}: "
+                              "predict on images of the training size")
+        x = emb.flatten(2).permute(2, 0, 1).to(self.mean_.device)  # (P, B, d)
+        dist = mahalanobis(x, self.mean_, self.inv_chol_)  # M(x_ij) (P, B)
+        maps = anomaly_map(dist.T.reshape(b, h, w).cpu(), tuple(images.shape[-2:]), self.sigma)  # (B, H, W)
+        return maps.amax(dim=(1, 2)), maps

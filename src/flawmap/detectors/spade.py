@@ -1,0 +1,155 @@
+"""SPADE (Cohen & Hoshen, "Sub-Image Anomaly Detection with Deep Pyramid Correspondences", 2020).
+
+fit:     per good image, f (C_img,) = global average pool of the last backbone stage, and the feature
+         pyramid F (h*w, C) = layers (ResNet layer1..3) upsampled to the finest grid and concatenated.
+predict: image level: N_K(y) = the K nearest good images by ||f_y - f_i||; score = mean of those K
+         distances (paper K = 50).
+         pixel level: the gallery G = all h*w pyramid features of the K images in N_K(y); the score of
+         pixel p is the mean distance to its kappa nearest gallery features (paper kappa = 1);
+         the map is upsampled and smoothed (Gaussian sigma 4).
+
+The pixel search is exact (brute force on matmul distances) and never materialises the gallery:
+it runs over the K neighbour images in chunks of at most ``chunk_size`` distance entries, keeping a
+running kappa-smallest per pixel. K larger than the number of training images is clamped to that
+number with a warning (the effective value is ``k_``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from ..base import BaseDetector, batched, check_choice, check_range
+from ..components.anomaly_map import anomaly_map
+from ..components.backbones import create_backbone, layers_at_strides, list_backbones
+from ..components.features import extract_features
+from ..components.knn import knn
+from ..errors import ConfigError
+from ..progress import progress
+from ..registry import register_detector
+
+log = logging.getLogger(__name__)
+
+#: pixel pyramid: layer1..3 of the paper's ResNet = the stages at strides 4, 8, 16
+PAPER_PIXEL_STRIDES = (4, 8, 16)
+#: image feature: the last stage (stride 32; ResNet layer4 = the input of the classifier's pooling)
+PAPER_IMAGE_STRIDE = 32
+
+
+@register_detector("spade")
+class SPADE(BaseDetector):
+    """Paper defaults: K = 50 nearest images, kappa = 1 nearest gallery feature, layer1..3 pyramid, sigma 4."""
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "efficientnet_lite2",
+        layers: tuple[str, ...] | None = None,  # pixel pyramid; None: the stride 4, 8, 16 stages
+        image_layer: str | None = None,  # globally pooled for the image kNN; None: the last (stride 32) stage
+        weights: str = "imagenet",
+        k: int = 50,  # K nearest normal images (image score and pixel gallery)
+        kappa: int = 1,  # nearest gallery features per pixel
+        sigma: float = 4.0,  # Gaussian smoothing of the upsampled map
+        chunk_size: int = 1 << 24,  # max distance-matrix entries (pixels x gallery rows) per block
+        batch_size: int = 8,
+        seed: int = 0,  # unused (SPADE is deterministic); kept for the common interface
+        device: str = "auto",
+    ) -> None:
+        self.backbone = backbone
+        self.layers = layers
+        self.image_layer = image_layer
+        self.weights = weights
+        self.k = k
+        self.kappa = kappa
+        self.sigma = sigma
+        self.chunk_size = chunk_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+
+    @classmethod
+    def tiny_params(cls) -> dict[str, object]:
+        return {"backbone": "efficientnet_lite0"}
+
+    def _validate_params(self) -> None:
+        check_choice("backbone", self.backbone, list_backbones())
+        if self.layers is not None and (isinstance(self.layers, str) or not self.layers):
+            raise ConfigError(f"layers must be None or a non-empty tuple of layer names; got {self.layers!r}")
+        if self.image_layer is not None and not isinstance(self.image_layer, str):
+            raise ConfigError(f"image_layer must be None or a layer name; got {self.image_layer!r}")
+        check_range("k", self.k, 1, integer=True)
+        check_range("kappa", self.kappa, 1, integer=True)
+        check_range("sigma", self.sigma, 0.0)
+        check_range("chunk_size", self.chunk_size, 1, integer=True)
+        check_range("batch_size", self.batch_size, 1, integer=True)
+        check_range("seed", self.seed, 0, integer=True)
+
+    def _setup(self) -> None:
+        pix = tuple(self.layers) if self.layers is not None else tuple(layers_at_strides(self.backbone, PAPER_PIXEL_STRIDES))
+        img = self.image_layer or layers_at_strides(self.backbone, (PAPER_IMAGE_STRIDE,))[0]
+        self._pixel_layers, self._image_layer = pix, img
+        wanted = pix + ((img,) if img not in pix else ())
+        self._backbone = create_backbone(self.backbone, wanted, weights=self.weights, device=self.device)
+
+    # ---- features -------------------------------------------------------------------------------
+    def _features(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """{layer: (B, C_l, h_l, w_l)} -> f (B, C_img) pooled image features, F (B, h, w, C) pyramid."""
+        f = feats[self._image_layer].mean(dim=(2, 3))  # global average pooling
+        pyr = [feats[name] for name in self._pixel_layers]
+        size = max((p.shape[-2:] for p in pyr), key=lambda s: s[0] * s[1])
+        pyr = [p if p.shape[-2:] == size else F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+               for p in pyr]
+        return f, torch.cat(pyr, dim=1).permute(0, 2, 3, 1)
+
+    def _fit(self, images: torch.Tensor) -> None:
+        n = len(images)
+        self.k_ = min(self.k, n)
+        if self.k_ < self.k:
+            log.warning("spade: k=%d exceeds the %d training images; using K=%d", self.k, n, self.k_)
+        img_feats, pix_feats = [], None
+        for sl in progress(batched(n, self.batch_size), desc="spade: fit", unit="batch"):
+            f, pyr = self._features(extract_features(self._backbone, images[sl], batch_size=self.batch_size,
+                                                     desc="spade: features"))
+            if pix_feats is None:  # one (N, h*w, C) buffer, filled batch by batch
+                pix_feats = torch.empty(n, pyr.shape[1] * pyr.shape[2], pyr.shape[3], device=self.device_)
+                self.grid_ = [int(pyr.shape[1]), int(pyr.shape[2])]
+            pix_feats[sl] = pyr.flatten(1, 2).to(self.device_)
+            img_feats.append(f)
+        assert pix_feats is not None
+        if self.kappa > self.k_ * pix_feats.shape[1]:
+            raise ConfigError(f"kappa={self.kappa} is out of range; allowed: [1, {self.k_ * pix_feats.shape[1]}] "
+                              f"(K={self.k_} images x {pix_feats.shape[1]} positions)")
+        self.train_image_features_ = torch.cat(img_feats).to(self.device_)  # f_i (N, C_img)
+        self.train_pixel_features_ = pix_feats  # F_i (N, h*w, C)
+
+    def pixel_scores(self, queries: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+        """queries (Q, C), neighbours (K,) train image indices -> mean distance of each query to its
+        kappa nearest features among all positions of those K images (Q,). Exact, chunked."""
+        gallery = self.train_pixel_features_  # (N, P, C)
+        per_image = gallery.shape[1]
+        kappa = self.kappa
+        imgs_per_chunk = max(1, self.chunk_size // max(1, per_image * len(queries)))
+        best: torch.Tensor | None = None  # running kappa smallest distances (Q, <=kappa)
+        for s in range(0, len(neighbours), imgs_per_chunk):
+            bank = gallery[neighbours[s:s + imgs_per_chunk]].flatten(0, 1)  # (c*P, C)
+            d, _ = knn(queries, bank, min(kappa, len(bank)), chunk_elems=self.chunk_size)  # (Q, <=kappa)
+            if best is not None:
+                d = torch.cat([best, d], dim=1)
+                d = d.min(dim=1, keepdim=True).values if kappa == 1 else \
+                    torch.topk(d, min(kappa, d.shape[1]), dim=1, largest=False).values
+            best = d
+        assert best is not None
+        return best.mean(dim=1)
+
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f, pyr = self._features(self._backbone(images))  # (B, C_img), (B, h, w, C)
+        bank = self.train_image_features_
+        dist, nn_idx = knn(f.to(bank.device), bank, self.k_)  # distances to N_K(y) (B, K)
+        scores = dist.mean(dim=1)
+        b, h, w, c = pyr.shape
+        queries = pyr.reshape(b, h * w, c).to(bank.device)
+        patch = torch.stack([self.pixel_scores(queries[i], nn_idx[i]) for i in range(b)])  # (B, h*w)
+        maps = anomaly_map(patch.view(b, h, w).cpu(), tuple(images.shape[-2:]), self.sigma)
+        return scores, maps

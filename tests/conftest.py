@@ -1,0 +1,41 @@
+"""Shared fixtures: a small synthetic MVTec-layout dataset generated in the test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("FLAWMAP_NO_PROGRESS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+MVTEC_ROOT = Path(os.environ.get("FLAWMAP_MVTEC_ROOT", REPO.parent / "shared" / "data" / "mvtec"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flawmap.data import make_synthetic_mvtec
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_mvtec(root, categories=("object", "texture"), n_train=10, n_test_good=3, n_test_defect=5, size=128, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(synthetic_root: Path):
+    """(train Split, test Split) of the synthetic 'object' category at 64 px."""
+    from flawmap.data import Transform, load_split, scan_category
+
+    data = scan_category(synthetic_root, "object")
+    tf = Transform(resize=64)
+    return load_split(data, "train", tf), load_split(data, "test", tf)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(min(n, 2))
+    yield
+    torch.set_num_threads(n)
