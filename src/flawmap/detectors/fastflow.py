@@ -131,7 +131,7 @@ class FastFlow(BaseDetector):
         """FastFlowModel for the feature shapes of input_size_ (learned state restored by base)."""
         shapes = [tuple(f.shape[1:]) for f in self._backbone(torch.zeros(1, 3, *self.input_size_)).values()]
         self.flow_ = seeded_init(self.seed, lambda: FastFlowModel(
-            shapes, self.flow_steps, self._ratio(), self.clamp, self.seed)).to(self.device_)
+            shapes, self.flow_steps, self._ratio(), self.clamp, self.seed)).to(self.device_).eval()
 
     def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (B, 3, H, W) -> normalised features [(B, C_l, h_l, w_l)] on the device."""

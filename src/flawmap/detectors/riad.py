@@ -102,7 +102,8 @@ class RIAD(BaseDetector):
             raise ConfigError(f"checkpoint_dir must be None or a folder path string; got {self.checkpoint_dir!r}")
 
     def _build_modules(self) -> None:
-        self.net_ = seeded_init(self.seed, lambda: UNet(self.base_channels, self.depth)).to(self.device_)
+        # eval mode: BatchNorm uses its running statistics unless the training loop switches it
+        self.net_ = seeded_init(self.seed, lambda: UNet(self.base_channels, self.depth)).to(self.device_).eval()
 
     def _train_masks(self, batch: int, g: torch.Generator) -> torch.Tensor:
         """Masks (B, n, S, S): per image a cell size k drawn from K, then a random n-way partition."""

@@ -1,0 +1,73 @@
+"""FastFlow: parameters, feature cache, checkpoint resume, save/load, map orientation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flawmap import get_detector, load_detector
+from flawmap.detectors.fastflow import HIDDEN_RATIO, FastFlow
+from flawmap.errors import ConfigError
+
+TINY = {"backbone": "efficientnet_lite0", "epochs": 2, "batch_size": 4, "device": "cpu"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy 2-core box: OpenMP spin-waits make 2 threads slower
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def images(tiny_data):
+    train, test = tiny_data
+    return train.images[:6], test
+
+
+def test_defaults_are_the_papers():
+    d = FastFlow.default_params()
+    assert (d["flow_steps"], d["lr"], d["weight_decay"], d["batch_size"], d["epochs"]) == (8, 1e-3, 1e-5, 32, 500)
+    assert HIDDEN_RATIO["resnet18"] == 1.0 and HIDDEN_RATIO["wide_resnet50_2"] == 0.16
+    assert d["hidden_ratio"] is None and d["cache_features"] is True
+
+
+@pytest.mark.parametrize("bad,match", [({"backbone": "vgg"}, "allowed"), ({"anomaly_map": "x"}, "'prob', 'nll'"),
+                                        ({"flow_steps": 0}, "flow_steps"), ({"val_fraction": 0.9}, "val_fraction"),
+                                        ({"layers": ("nope",)}, "layers")])
+def test_bad_params(bad, match, images):
+    with pytest.raises(ConfigError, match=match):
+        get_detector("fastflow", **{**TINY, **bad}).fit(images[0][:2])
+
+
+def test_fit_resume_save_load(images, tmp_path):
+    train, test = images
+    det = get_detector("fastflow", **TINY, checkpoint_dir=str(tmp_path / "ck")).fit(train)
+    assert det.train_report.resumed_from == 0 and len(det.train_losses_) == 2
+    assert len(det.flow_.flows) == 3 and len(det.flow_.flows[0].steps) == 8  # strides 4, 8, 16; K = 8
+    res = det.predict(test.images)
+    again = get_detector("fastflow", **TINY, checkpoint_dir=str(tmp_path / "ck")).fit(train)
+    assert again.train_report.resumed_from == 2 and again.train_report.epoch_seconds == []
+    np.testing.assert_array_equal(again.predict(test.images).scores, res.scores)
+    loaded = load_detector(det.save(tmp_path / "m"))
+    np.testing.assert_array_equal(loaded.predict(test.images).maps, res.maps)
+    assert (res.maps <= 0).all() and (res.maps >= -1).all()  # -mean_l p_l, p_l in (0, 1]
+    big = torch.nn.functional.interpolate(test.images[:2], size=(96, 96), mode="bilinear")
+    assert det.predict(big).maps.shape == (2, 96, 96)  # other sizes are resized to the training size
+
+
+def test_cache_and_recompute_train_alike(images):
+    train, _ = images
+    a = get_detector("fastflow", **{**TINY, "epochs": 1}).fit(train)
+    b = get_detector("fastflow", **{**TINY, "epochs": 1, "cache_features": False}).fit(train)
+    assert a.train_losses_[0] == pytest.approx(b.train_losses_[0], rel=1e-4)
+
+
+def test_nll_map_and_validation_split(images):
+    train, test = images
+    det = get_detector("fastflow", **{**TINY, "anomaly_map": "nll", "val_fraction": 0.34, "patience": 1}).fit(train)
+    assert len(det.val_losses_) >= 1
+    res = det.predict(test.images[:2])
+    assert (res.maps >= 0).all() and np.allclose(res.scores, res.maps.reshape(2, -1).max(1))
