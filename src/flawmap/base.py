@@ -293,7 +293,8 @@ def load_detector(path: str | os.PathLike[str], device: str | None = None) -> Ba
     path = Path(path)
     config = read_model_config(path)
     ten_path = path / TENSORS_NAME
-    params = dict(config["params"])
+    # JSON has no tuples: sequence parameters come back as lists
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in config["params"].items()}
     if device is not None and "device" in params:
         params["device"] = device
     cls = detector_class(config["detector"])

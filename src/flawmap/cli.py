@@ -1,4 +1,4 @@
-"""Command line: flawmap fit | predict | test | bench | list."""
+"""Command line: flawmap fit | predict | test | bench | tune | report | list."""
 
 from __future__ import annotations
 
@@ -171,19 +171,38 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench.config import BenchConfig, MethodConfig, check_method, load_config
-    from .bench.runner import FIRST_COLUMNS, SplitCache, format_table, run_one
-    from .bench.store import ResultStore, write_csv
-    from .data import ensure_synthetic_dataset
+def _parse_corruption(text: str):
+    """--corruption NAME[:SEVERITIES[:P]], e.g. gaussian_noise:1,3,5:0.3 -> config mapping."""
+    from .errors import ConfigError
+
+    parts = text.split(":")
+    if not parts[0] or len(parts) > 3:
+        raise ConfigError(f"--corruption expects NAME[:SEVERITIES[:P]] (e.g. gaussian_noise:1,3,5:0.3); got {text!r}")
+    item: dict[str, Any] = {"name": parts[0]}
+    try:
+        if len(parts) > 1 and parts[1]:
+            item["severities"] = [int(v) for v in parts[1].split(",") if v]
+        if len(parts) > 2 and parts[2]:
+            item["p"] = float(parts[2])
+    except ValueError:
+        raise ConfigError(f"--corruption: severities must be integers 1..5 and p a number; got {text!r}") from None
+    return item
+
+
+def _apply_method_overrides(cfg, args: argparse.Namespace, study_mode: bool) -> None:
+    """--methods / --param / --grid / --device on one sweep config (in place)."""
+    from .bench.config import MethodConfig, check_method
+    from .errors import ConfigError
     from .registry import detector_class
 
-    cfg = load_config(args.config) if args.config else BenchConfig()
     if args.methods:
         names = [m for m in args.methods.split(",") if m]
-        for m in names:
-            check_method(m)
-        cfg.methods = {m: cfg.methods.get(m, MethodConfig()) for m in names}
+        if study_mode:  # a filter on the study's methods
+            cfg.methods = {m: mc for m, mc in cfg.methods.items() if m in names}
+        else:
+            for m in names:
+                check_method(m)
+            cfg.methods = {m: cfg.methods.get(m, MethodConfig()) for m in names}
     fixed = parse_params(args.param)
     grid = {k: list(v) if isinstance(v, tuple) else [v] for k, v in parse_params(args.grid, "--grid").items()}
     for name, mc in cfg.methods.items():
@@ -194,39 +213,136 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 continue
             if pname not in allowed:
                 if method:
-                    from .errors import ConfigError
                     raise ConfigError(f"{name}: unknown parameter {pname!r}; allowed: {', '.join(allowed)}")
                 continue  # an unscoped key only applies to methods that have it
             (mc.grid if key in grid else mc.params)[pname] = value
         if args.device:
             mc.params["device"] = args.device
-    for attr in ("data", "resize", "crop", "max_train", "out"):
+
+
+def load_bench_study(args: argparse.Namespace):
+    """The study (or plain sweep) of a `flawmap bench` command line: file, preset, then flags."""
+    from .bench.config import BenchConfig, StudyConfig, load_study, parse_corruptions, preset_path
+    from .components.backbones import list_backbones
+    from .errors import ConfigError
+
+    if args.config and args.study:
+        raise ConfigError("give either a CONFIG file or --study, not both")
+    path = preset_path(args.study) if args.study else args.config
+    if path:
+        study = load_study(path)
+    else:
+        cfg = BenchConfig()
+        study = StudyConfig(base=cfg, experiments={"": cfg})
+    study_mode = study.is_study
+    base = study.base
+    for attr in ("data", "out", "executor", "workers", "address", "gallery"):
         v = getattr(args, attr)
         if v is not None:
-            setattr(cfg, attr, v)
-    if args.categories:
-        cfg.categories = [c for c in args.categories.split(",") if c]
-    if cfg.crop == 0:
-        cfg.crop = None
-    data_root = cfg.data or str(ensure_synthetic_dataset())
-    if cfg.data is None:
+            setattr(base, attr, v)
+    if args.no_feature_cache:
+        base.feature_cache = False
+    elif args.feature_cache:
+        base.feature_cache = args.feature_cache
+    if args.no_report:
+        base.report = False
+    elif args.report is not None:
+        base.report = args.report or True
+    elif study_mode and base.report is None:
+        base.report = True  # a study writes one report by default
+    extra_corruptions = parse_corruptions([_parse_corruption(c) for c in args.corruption or []], "--corruption")
+    seeds = [int(v) for v in args.seeds.split(",") if v] if args.seeds else None
+    backbones = [b for b in args.backbones.split(",") if b] if args.backbones else None
+    for b in backbones or []:
+        if b not in list_backbones():
+            raise ConfigError(f"--backbones: unknown backbone {b!r}; allowed: {', '.join(list_backbones())}")
+    for name, cfg in list(study.experiments.items()):
+        if cfg is not base:
+            for attr in ("data", "out", "executor", "workers", "address", "gallery", "feature_cache", "report"):
+                setattr(cfg, attr, getattr(base, attr))
+        for attr in ("resize", "crop", "max_train"):
+            v = getattr(args, attr)
+            if v is not None:
+                setattr(cfg, attr, v)
+        if cfg.crop == 0:
+            cfg.crop = None
+        if args.categories:
+            cfg.categories = [c for c in args.categories.split(",") if c]
+        if seeds is not None:
+            cfg.seeds = seeds
+        if backbones is not None:
+            cfg.backbones = backbones
+        if extra_corruptions:
+            cfg.corruptions = [*cfg.corruptions, *extra_corruptions]
+        _apply_method_overrides(cfg, args, study_mode)
+        if not cfg.methods:
+            del study.experiments[name]
+    if not study.experiments:
+        raise ConfigError(f"--methods {args.methods}: none of these methods is in the study")
+    if base.crop == 0:
+        base.crop = None
+    return study
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.executors import make_executor
+    from .bench.runner import RunOptions
+    from .bench.sweep import run_sweep, summary_table
+    from .data import ensure_synthetic_dataset
+
+    study = load_bench_study(args)
+    base = study.base
+    for msg in study.skipped:
+        print(f"warning: {msg}", file=sys.stderr)
+    data_root = base.data or str(ensure_synthetic_dataset())
+    if base.data is None:
         print(f"no --data given: using the embedded synthetic MVTec-layout dataset at {data_root}")
-    specs = cfg.expand(data_root)
-    out = Path(cfg.out)
-    store = ResultStore(out / "results.sqlite")
-    done = store.done_keys()
-    todo = [s for s in specs if s.key() not in done]
-    print(f"{len(specs)} runs ({len(specs) - len(todo)} already finished in {store.path}); results -> {out}")
-    splits = SplitCache()
-    for i, spec in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {spec.method} on {spec.category} {dict(spec.params) or ''}", flush=True)
-        row, _, _ = run_one(spec, splits)
-        store.add(spec.key(), row)
-    keys = {s.key() for s in specs}
-    rows = [r for r in store.rows() if r.get("run_key") in keys]
-    csv_path = write_csv(rows, out / "results.csv", FIRST_COLUMNS)
-    print(format_table(rows))
-    print(f"\nresults table: {csv_path}  (all runs of this store: {store.path})")
+    if base.executor != "local" or (base.workers or 1) > 1:  # workers may run in another folder
+        data_root = str(Path(data_root).resolve())
+    out = Path(base.out)
+    cache = None if base.feature_cache is False else str(Path(base.feature_cache or out / "feature_cache").resolve())
+    options = RunOptions(gallery=base.gallery, feature_cache=cache, threads=args.threads)
+    executor = make_executor(base.executor, base.workers, base.address, args.num_cpus, args.cpus_per_run,
+                             keep_going=args.keep_going)
+    if study.name:
+        print(f"study {study.name!r}: experiments {', '.join(study.experiments)}")
+    res = run_sweep(study, data_root, out, executor, options, skip_unavailable=study.is_study)
+    print(summary_table(res.rows))
+    print(f"\nresults table: {res.csv_path}  (all runs of this store: {out / 'results.sqlite'})"
+          + (f"; parquet: {res.parquet_path}" if res.parquet_path else ""))
+    if cache:
+        from .components.features import FeatureCache
+
+        print(f"feature cache: {cache} ({FeatureCache(Path(cache)).size_bytes() / 2**20:.0f} MiB)")
+    print(f"{res.n_ran} runs in {res.seconds:.1f} s")
+    if base.report and res.rows:
+        from .viz.report import build_report
+
+        report_dir = Path(base.report) if isinstance(base.report, str) else out / "report"
+        index = build_report(out, report_dir)
+        print(f"report: {index}")
+    if res.failures:
+        n = sum(len(f.keys) for f in res.failures)
+        print(f"{n} runs failed (see FAILED lines above); re-run the same command to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .bench.tune import load_tune_config, run_tune
+
+    cfg = load_tune_config(args)
+    run_tune(cfg)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .viz.report import build_report
+
+    src = Path(args.results)
+    folder = src if src.is_dir() else src.parent
+    index = build_report(src, Path(args.out) if args.out else folder / "report")
+    print(f"report: {index}")
     return 0
 
 
@@ -241,8 +357,11 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"  {k} = {v!r}")
         print(f"  paper preprocessing: {cls.paper_transform}")
         return 0
+    from .data.corruptions import list_corruptions
+
     print("methods:   " + ", ".join(list_detectors()))
     print("backbones: " + ", ".join(list_backbones()))
+    print("corruptions (bench --corruption): " + ", ".join(list_corruptions()))
     return 0
 
 
@@ -281,22 +400,91 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
     p.set_defaults(func=cmd_test)
 
-    p = sub.add_parser("bench", help="fit + evaluate methods on categories; one results row per run")
-    p.add_argument("config", nargs="?", help="optional YAML config (keys: data, categories, methods{name: {params, grid}}, "
-                   "resize, crop, seeds, max_train, out); flags override it")
+    p = sub.add_parser("bench", help="fit + evaluate methods on categories; one results row per run (sweeps, studies)")
+    p.add_argument("config", nargs="?", help="optional YAML config (keys: data, categories, methods{name: {params, grid, "
+                   "variants}}, backbones, resize, crop, seeds, max_train, corruptions, clean, out, executor, workers, "
+                   "feature_cache, gallery, report; or a study with experiments: {name: {...}}); flags override it")
+    p.add_argument("--study", default=None, metavar="NAME", help="run a study preset: configs/study_NAME.yaml "
+                   "(e.g. `--study seed`, every experiment of the original study) or a study YAML path")
     p.add_argument("--data", default=None, help="MVTec-layout root (default: the embedded synthetic dataset, no download)")
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all under --data)")
-    p.add_argument("--methods", default=None, help="comma-separated methods (default: patchcore)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: patchcore; with --study: "
+                   "only these methods of the study)")
     p.add_argument("--grid", action="append", metavar="KEY=[V1,V2]",
                    help="sweep a hyperparameter over values, repeatable (cartesian product); KEY may be METHOD.KEY")
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="fixed hyperparameter for every method that has it, repeatable; KEY may be METHOD.KEY")
+    p.add_argument("--backbones", default=None, help="comma-separated backbones swept for every method with a "
+                   "`backbone` parameter not set otherwise (see `flawmap list`)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds; each run is repeated per seed (param `seed`)")
+    p.add_argument("--corruption", action="append", metavar="NAME[:SEV[:P]]",
+                   help="corrupt the TEST images, repeatable: e.g. gaussian_noise:1,3,5:0.3 (severities 1..5, "
+                        "probability per image p; default all severities, p=1); corruptions: gaussian_noise, "
+                        "salt_pepper, gaussian_blur, jpeg, brightness_contrast, misalignment")
     p.add_argument("--resize", type=int, default=None, help="resize size (default: each method's paper setting)")
     p.add_argument("--crop", type=int, default=None, help="center crop (default: paper setting; 0 = none)")
     p.add_argument("--max-train", type=int, default=None, help="use only the first N training images (quick runs)")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
-    p.add_argument("--out", default=None, help="output folder for results.sqlite and results.csv (default: results)")
+    p.add_argument("--out", default=None, help="output folder for results.sqlite, results.csv, artifacts/ "
+                   "(default: results)")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="local (default: in this process, or a process pool with --workers) or ray")
+    p.add_argument("--workers", type=int, default=None, help="parallel runs: local process pool size, or the CPUs of "
+                   "a local Ray (default 1)")
+    p.add_argument("--address", default=None, help="Ray cluster to join (e.g. auto or ray://head:10001; default: "
+                   "start a local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray started by flawmap (default: "
+                   "--workers, else all)")
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs Ray reserves per run (default 1; torch "
+                   "threads follow)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores when "
+                   "sequential, cores / --workers in a pool, --cpus-per-run with Ray)")
+    p.add_argument("--feature-cache", default=None, metavar="DIR", help="backbone feature cache folder shared by "
+                   "runs (default: <out>/feature_cache)")
+    p.add_argument("--no-feature-cache", action="store_true", help="do not cache backbone features on disk")
+    p.add_argument("--gallery", type=int, default=None, help="gallery panels saved per run for each of best, worst, "
+                   "borderline test images (default 2; 0 = none)")
+    p.add_argument("--report", nargs="?", const="", default=None, metavar="DIR", help="write an HTML/Markdown report "
+                   "after the sweep (default folder <out>/report; a study always writes one)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report")
+    p.add_argument("--keep-going", action="store_true", help="log a failing run and continue with the others "
+                   "(exit code 1 at the end)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("tune", help="hyperparameter search with Optuna on a validation split drawn from the test set")
+    p.add_argument("config", nargs="?", help="optional YAML (keys: method, data, categories, params, search, trials, "
+                   "metric, val_fraction, seed, resize, crop, max_train, out, storage, study_name); flags override it")
+    p.add_argument("--method", default=None, help="detector to tune (default: patchcore)")
+    p.add_argument("--data", default=None, help="MVTec-layout root (default: the embedded synthetic dataset)")
+    p.add_argument("--categories", default=None, help="comma-separated categories; the objective is their mean "
+                   "(default: the first category under --data)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="fixed hyperparameter, repeatable")
+    p.add_argument("--search", action="append", metavar="KEY=SPEC", help="search space entry, repeatable: "
+                   "KEY=[v1,v2] (categorical), KEY=float:LOW:HIGH[:log], KEY=int:LOW:HIGH[:log] (default: "
+                   "the method's built-in space; see README)")
+    p.add_argument("--trials", type=int, default=None, help="trials run by this process (default 20)")
+    p.add_argument("--metric", default=None, help="objective to maximise: image_auroc (default), pixel_auroc, aupro, "
+                   "image_f1, pixel_f1")
+    p.add_argument("--val-fraction", type=float, default=None, help="fraction of each label's test images used as the "
+                   "validation split for the objective (default 0.5); final figures use the rest")
+    p.add_argument("--seed", type=int, default=None, help="seed of the validation split and the sampler (default 0)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<out>/optuna.sqlite); "
+                   "several workers sharing one URL and --study-name work on one study")
+    p.add_argument("--study-name", default=None, help="Optuna study name (default: flawmap-<method>-<categories>)")
+    p.add_argument("--resize", type=int, default=None, help="resize size (default: the method's paper setting)")
+    p.add_argument("--crop", type=int, default=None, help="center crop (default: paper setting; 0 = none)")
+    p.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
+    p.add_argument("--out", default=None, help="output folder (default: results/tune)")
+    p.add_argument("--feature-cache", default=None, metavar="DIR", help="feature cache folder (default: "
+                   "<out>/feature_cache)")
+    p.add_argument("--no-feature-cache", action="store_true", help="do not cache backbone features")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("report", help="static HTML + Markdown + CSV report of bench results (opens offline)")
+    p.add_argument("results", help="results.sqlite, results.csv or a `flawmap bench` output folder")
+    p.add_argument("-o", "--out", default=None, help="report folder (default: <results folder>/report)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("list", help="list methods and backbones, or a method's hyperparameters")
     p.add_argument("--params", metavar="METHOD", default=None, help="show METHOD's hyperparameters and defaults")

@@ -117,7 +117,7 @@ def test_channel_subset_is_seeded(fake: None) -> None:
     train = _images(4, 0)
     a, b, c = _padim().fit(train), _padim().fit(train), _padim(seed=1).fit(train)
     assert torch.equal(a.channel_idx_, b.channel_idx_) and not torch.equal(a.channel_idx_, c.channel_idx_)
-    assert len(_padim(n_features=None).fit(train).channel_idx_) == 12  # default 100 clamped to the 12 channels
+    assert len(_padim(n_features=None).fit(train).channel_idx_) == 12  # not a paper backbone: all channels
 
 
 def test_layer_subset(fake: None) -> None:

@@ -1,21 +1,180 @@
-"""Batched backbone feature extraction (the one place detectors get frozen CNN features from)."""
+"""Batched backbone feature extraction (the one place detectors get frozen CNN features from),
+with an optional on-disk feature cache shared by runs.
+
+Runs of a sweep that share backbone, weights, layers and images (e.g. PatchCore with another
+``coreset_ratio``) compute the same backbone features. Inside ``with feature_cache(dir):`` every
+:func:`extract_features` call looks up each requested layer under a key made of
+
+    backbone name, weights_id (sha256 of the checkpoint), layer name, the sha256 of the image
+    tensor's bytes, its shape and dtype, the device type and a cache format version
+
+and only runs the backbone when a layer is missing. Entries are safetensors files written under a
+temporary name and renamed (atomic), so concurrent runs (process pool, Ray workers on a shared
+folder) never read a half-written entry. ``flawmap bench`` turns the cache on by default
+(``--feature-cache DIR``, default ``<out>/feature_cache``; ``--no-feature-cache``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..progress import progress
 from .backbones import FeatureExtractor
 
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0  # layer tensors read from disk
+    misses: int = 0  # layer tensors computed (and written)
+    backbone_calls: int = 0  # extract_features calls that ran the backbone
+    compute_seconds: float = 0.0  # time spent running the backbone on misses
+    load_seconds: float = 0.0  # time spent reading hits
+    bytes_written: int = 0
+
+    def snapshot(self) -> dict[str, float]:
+        return {"hits": self.hits, "misses": self.misses, "backbone_calls": self.backbone_calls,
+                "compute_seconds": self.compute_seconds, "load_seconds": self.load_seconds,
+                "bytes_written": self.bytes_written}
+
+
+@dataclass
+class FeatureCache:
+    """A folder of cached feature tensors: ``<dir>/<backbone>/<key[:2]>/<key>.safetensors``."""
+
+    directory: Path
+    stats: CacheStats = field(default_factory=CacheStats)
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+
+    @staticmethod
+    def key(backbone: FeatureExtractor, layer: str, images_digest: str, shape: tuple[int, ...], dtype: torch.dtype) -> str:
+        ident = {"format": CACHE_FORMAT, "backbone": backbone.name, "weights_id": backbone.weights_id, "layer": layer,
+                 "images_sha256": images_digest, "shape": list(shape), "dtype": str(dtype),
+                 "device": backbone.device.type}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+    def path(self, backbone: FeatureExtractor, key: str) -> Path:
+        return self.directory / backbone.name / key[:2] / f"{key}.safetensors"
+
+    def load(self, path: Path) -> torch.Tensor | None:
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return f.get_tensor("features")
+        except Exception as exc:  # noqa: BLE001 - a damaged entry is a miss, recomputed and replaced
+            log.warning("feature cache: unreadable entry %s (%s); recomputing", path, exc)
+            return None
+
+    def save(self, path: Path, tensor: torch.Tensor, meta: dict[str, str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:16]}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file({"features": tensor.contiguous()}, tmp, metadata=meta)
+            os.replace(tmp, path)
+            self.stats.bytes_written += path.stat().st_size
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.rglob("*.safetensors")) if self.directory.is_dir() else 0
+
+
+_local = threading.local()
+
+
+def active_cache() -> FeatureCache | None:
+    """The cache enabled by the innermost ``feature_cache`` context of this thread (None: off)."""
+    return getattr(_local, "cache", None)
+
+
+@contextlib.contextmanager
+def feature_cache(directory: str | os.PathLike[str] | FeatureCache | None) -> Iterator[FeatureCache | None]:
+    """Enable the on-disk feature cache in ``directory`` for :func:`extract_features` calls in this block
+    (``None`` disables it inside the block). Yields the cache (its ``stats`` count hits and misses)."""
+    prev = active_cache()
+    cache = directory if isinstance(directory, FeatureCache) or directory is None else FeatureCache(Path(directory))
+    _local.cache = cache
+    try:
+        yield cache
+    finally:
+        _local.cache = prev
+
+
+def images_digest(images: torch.Tensor) -> str:
+    """sha256 of the raw bytes of an image tensor (contiguous CPU copy when needed)."""
+    arr = images.detach().cpu().contiguous().numpy()
+    return hashlib.sha256(np.ascontiguousarray(arr).view(np.uint8).data).hexdigest()
+
+
+@torch.no_grad()
+def _compute(backbone: FeatureExtractor, images: torch.Tensor, batch_size: int, desc: str,
+             device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in backbone.layers}
+    starts = range(0, len(images), batch_size)
+    for s in progress(starts, desc=desc, total=len(starts), unit="batch") if len(starts) > 1 else starts:
+        feats = backbone(images[s:s + batch_size])
+        for name, f in feats.items():
+            out[name].append(f.float().to(device))
+    return {name: torch.cat(fs) for name, fs in out.items()}
+
 
 @torch.no_grad()
 def extract_features(backbone: FeatureExtractor, images: torch.Tensor, *, batch_size: int = 8,
-                     desc: str = "features") -> dict[str, torch.Tensor]:
-    """images (N, 3, H, W) in [0, 1] -> {layer: (N, C_l, H/s_l, W/s_l)} float32 on CPU, batch by batch."""
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in backbone.layers}
-    starts = range(0, len(images), batch_size)
-    for s in progress(starts, desc=desc, total=len(starts), unit="batch"):
-        feats = backbone(images[s:s + batch_size])
-        for name, f in feats.items():
-            out[name].append(f.float().cpu())
-    return {name: torch.cat(fs) for name, fs in out.items()}
+                     desc: str = "features", device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """images (N, 3, H, W) in [0, 1] -> {layer: (N, C_l, H/s_l, W/s_l)} float32, batch by batch.
+
+    Features are returned on the CPU, or on ``device`` when given. Inside ``feature_cache(dir)`` the
+    layers already on disk for these exact images are read instead of running the backbone.
+    """
+    cache = active_cache()
+    if cache is None:  # straight to the requested device (no round trip through the CPU)
+        return _compute(backbone, images, batch_size, desc, "cpu" if device is None else device)
+    digest = images_digest(images)
+    shape, dtype = tuple(images.shape), images.dtype
+    paths = {layer: cache.path(backbone, cache.key(backbone, layer, digest, shape, dtype)) for layer in backbone.layers}
+    t0 = time.perf_counter()
+    found = {layer: cache.load(p) for layer, p in paths.items()}
+    if all(v is not None for v in found.values()):
+        cache.stats.hits += len(found)
+        cache.stats.load_seconds += time.perf_counter() - t0
+        feats = {k: v for k, v in found.items() if v is not None}
+    else:
+        t1 = time.perf_counter()
+        feats = _compute(backbone, images, batch_size, desc)
+        cache.stats.compute_seconds += time.perf_counter() - t1
+        cache.stats.backbone_calls += 1
+        for layer, p in paths.items():
+            if found[layer] is None:
+                cache.stats.misses += 1
+                meta = {"backbone": backbone.name, "weights_id": backbone.weights_id, "layer": layer,
+                        "images_sha256": digest, "images_shape": json.dumps(list(shape)), "images_dtype": str(dtype)}
+                cache.save(p, feats[layer], meta)
+            else:
+                cache.stats.hits += 1
+    return feats if device is None else {k: v.to(device) for k, v in feats.items()}
+
+
+__all__ = ["CacheStats", "FeatureCache", "active_cache", "extract_features", "feature_cache", "images_digest"]

@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -152,7 +150,3 @@ def mean_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
     x = F.pad(maps.unsqueeze(1), (left, size - 1 - left, left, size - 1 - left), mode="replicate")
     return F.avg_pool2d(x, size, stride=1)[:, 0]
 
-
-def check_grid(size: int, grid_sizes: Sequence[int]) -> list[str]:
-    """Problems with grid cell sizes for an image side ``size`` (empty list: fine)."""
-    return [f"cell {k} > image size {size}" for k in grid_sizes if k > size]

@@ -272,6 +272,9 @@ def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings
             best = _strip(tensors, "best")
             st = _Progress(meta["epoch"], meta["train_losses"], meta["val_losses"], meta["best_val_loss"],
                            meta["best_epoch"], meta["bad_epochs"], meta["stopped_early"], best or None)
+            if meta["rng_state"] != epoch_generator(s.seed, st.epoch).get_state().tolist():
+                raise ModelFileError(f"{folder}: the stored RNG state does not match the one derived from "
+                                     f"(seed={s.seed}, epoch={st.epoch}); delete the checkpoint to retrain")
             log.info("%s: resuming from %s after epoch %d", s.desc, folder, st.epoch)
     report = TrainReport(resumed_from=st.epoch)
     n_batches = math.ceil(len(train_idx) / s.batch_size)

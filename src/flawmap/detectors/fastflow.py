@@ -13,6 +13,11 @@ its stages are as narrow as ResNet18's (24/48/120 channels for lite2), so it get
 coupling clamp (2.0) is not given in the paper. Speed: the backbone is frozen and training images
 are not augmented, so their normalised features are computed once and cached in memory
 (``cache_features``); an epoch then costs only the flows.
+
+Measured (benchmarks/bench_trained.py, MVTec bottle at 256 px, efficientnet_lite2, 1 torch thread on
+a shared 2-core CPU): 36-63 s per cached epoch, 144 s per epoch recomputing features (2.3x in one
+run); 10 epochs: image / pixel AUROC 0.997 / 0.972; 20 epochs: 0.999 / 0.977; peak RSS 3 GiB
+(batch 32 autograd activations of the stride-4 flow dominate).
 """
 
 from __future__ import annotations
@@ -140,6 +145,8 @@ class FastFlow(BaseDetector):
     def _fit(self, images: torch.Tensor) -> None:
         self.input_size_ = [int(images.shape[2]), int(images.shape[3])]
         self._build_modules()
+        log.info("fastflow: %s layers %s, hidden ratio %.2f, %d flow parameters", self.backbone,
+                 list(self._backbone.layers), self._ratio(), sum(p.numel() for p in self.flow_.parameters()))
         if self.cache_features:  # frozen backbone, no augmentation: features once, epochs cost the flows only
             data: Any = {k: v.to(self.device_) for k, v in _normalise(extract_features(
                 self._backbone, images, batch_size=self.batch_size, desc="fastflow: features")).items()}

@@ -103,7 +103,7 @@ class PatchCore(BaseDetector):
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bank = self.memory_bank_
-        emb = self._embed(self._backbone(images))  # (B, h, w, D)
+        emb = self._embed(extract_features(self._backbone, images, batch_size=len(images), device=self._backbone.device))
         b, h, w, d = emb.shape
         q = emb.reshape(-1, d).to(bank.device)
         dist, nn_idx = knn(q, bank, 1)  # s per patch: (B*h*w, 1)

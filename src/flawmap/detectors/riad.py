@@ -11,7 +11,8 @@ Presets (``get_detector("riad", **PRESETS["cpu"])``):
 * "paper": the paper's settings (256 px, K = {2, 4, 8, 16}, n = 3, 300 epochs, Adam lr 1e-4,
   batch 8), for a GPU. The U-Net width (64 channels at full resolution, 4 poolings) is the
   standard U-Net's; the paper's exact widths are not reproduced here. Mean filter 21 px at 256 px.
-* "cpu": trains bottle (209 images) on a 2-core CPU; see the measured cost in PRESETS_COST.
+* "cpu": 64 px, U-Net width 16 / depth 3, K = {2, 4, 8}, 40 epochs, lr 1e-3: trains bottle (209
+  images) on a shared 2-core CPU in about 20 minutes (PRESETS_COST).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import BaseDetector, check_choice, check_range
+from ..base import BaseDetector, check_range
 from ..components.anomaly_map import upsample
 from ..components.inpainting import UNet, grid_masks, inpaint, mean_filter, msgms_map, riad_loss
 from ..components.training import TrainSettings, fingerprint, seeded_init, train
@@ -38,8 +39,13 @@ PRESETS: dict[str, dict[str, object]] = {
     "cpu": {"image_size": 64, "grid_sizes": (2, 4, 8), "n_masks": 3, "base_channels": 16, "depth": 3,
             "epochs": 40, "batch_size": 8, "lr": 1e-3, "smoothing": 5},
 }
-#: measured on the 2-core development machine (see benchmarks/bench_trained.py)
-PRESETS_COST = {"paper": "GPU only (not measured here)", "cpu": "see the benchmark report"}
+#: measured with benchmarks/bench_trained.py on MVTec bottle (209 train / 83 test images, 1 torch thread
+#: on a shared 2-core box): mean seconds per epoch, fit time, predict time per image, results.
+PRESETS_COST = {
+    "paper": "GPU only; not measured (estimated ~75 TFLOP per epoch on bottle: impractical on a CPU)",
+    "cpu": "28.5 s/epoch (16-39 s), 40 epochs = 19 min fit, 0.12 s/image predict, peak RSS 1.5 GiB; "
+           "bottle image AUROC 0.988, pixel AUROC 0.966",
+}
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -124,6 +130,8 @@ class RIAD(BaseDetector):
 
     def _fit(self, images: torch.Tensor) -> None:
         self._build_modules()
+        log.info("riad: %d images at %d px, U-Net with %d parameters", len(images), self.image_size,
+                 sum(p.numel() for p in self.net_.parameters()))
         data = torch.cat([_resize(images[i:i + 64], self.image_size) for i in range(0, len(images), 64)])
 
         def loss_fn(net: nn.Module, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

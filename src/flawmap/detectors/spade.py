@@ -87,7 +87,7 @@ class SPADE(BaseDetector):
         check_range("seed", self.seed, 0, integer=True)
 
     def _setup(self) -> None:
-        pix = tuple(self.layers) if self.layers is not None else tuple(layers_at_strides(self.backbone, PAPER_PIXEL_STRIDES))
+        pix = tuple(self.layers if self.layers is not None else layers_at_strides(self.backbone, PAPER_PIXEL_STRIDES))
         img = self.image_layer or layers_at_strides(self.backbone, (PAPER_IMAGE_STRIDE,))[0]
         self._pixel_layers, self._image_layer = pix, img
         wanted = pix + ((img,) if img not in pix else ())

@@ -1,0 +1,194 @@
+"""The sweep driver behind ``flawmap bench``: expand a (study) config, skip finished runs, execute
+the rest, store each finished run atomically, export CSV (and Parquet), optionally write a report.
+
+Only this driver writes: ``<out>/results.sqlite`` (one transaction per run: row, details, tags),
+``<out>/artifacts/<run_key>/`` (gallery PNGs, written to a temporary folder and renamed before
+the row is stored, so a stored run always has its pictures), ``<out>/artifacts/corruptions/``
+(one example picture per corruption and severity), ``<out>/results.csv`` (+ ``.parquet``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..data import Transform, load_image, scan_category
+from ..errors import ConfigError
+from .config import StudyConfig, validate_specs
+from .executors import LocalExecutor, RayExecutor, RunFailure
+from .runner import FIRST_COLUMNS, RunOptions, RunOutput, RunSpec, format_table, group_specs
+from .store import ResultStore, write_csv, write_parquet
+
+log = logging.getLogger(__name__)
+
+ARTIFACTS = "artifacts"
+CORRUPTION_PICTURES = "corruptions"
+
+
+@dataclass
+class SweepResult:
+    rows: list[dict[str, Any]]
+    n_specs: int
+    n_skipped: int  # already finished before this call
+    n_ran: int
+    failures: list[RunFailure] = field(default_factory=list)
+    csv_path: Path | None = None
+    parquet_path: Path | None = None
+    seconds: float = 0.0
+
+
+def write_artifacts(out: Path, run_key: str, files: dict[str, bytes]) -> Path | None:
+    """Write a run's artifact files into <out>/artifacts/<run_key>/ atomically (temp folder + rename)."""
+    if not files:
+        return None
+    root = out / ARTIFACTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / run_key
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_key}.tmp-", dir=root))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        if final.exists():
+            old = root / f".{run_key}.old-{os.getpid()}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def corruption_pictures(out: Path, specs: list[RunSpec], size: int = 224) -> list[Path]:
+    """One example test image (a defective one when there is one) under every corruption and severity
+    of the sweep, at p = 1: <out>/artifacts/corruptions/{clean,<name>_s<severity>}.png."""
+    from ..data.corruptions import corrupt
+    from ..viz.heatmap import save_png, to_uint8_image
+
+    wanted = sorted({(s.corruption, s.severity, s.corruption_seed) for s in specs if s.corruption})
+    if not wanted:
+        return []
+    folder = out / ARTIFACTS / CORRUPTION_PICTURES
+    first = next(s for s in specs if s.corruption)
+    data = scan_category(first.data_root, first.category)
+    sample = next((s for s in data.test if s.label == 1), data.test[0])
+    small = Transform(resize=min(size, min(first.transform().output_size)))
+    img = small(load_image(sample.path))[None]  # (1, 3, h, w)
+    pictures = {"clean": img}
+    for name, sev, seed in wanted:
+        pictures[f"{name}_s{sev}"] = corrupt(name, img, sev, seed, p=1.0)[0]
+    written = []
+    for stem, x in pictures.items():
+        path = folder / f"{stem}.png"
+        if not path.is_file():
+            tmp = save_png(to_uint8_image(x[0].numpy()), folder / f".{stem}.tmp.png")
+            os.replace(tmp, path)
+            written.append(path)
+    (folder / "source.txt").write_text(f"{sample.path}\n")
+    return written
+
+
+def describe(spec: RunSpec) -> str:
+    params = ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in spec.params.items() if k != "device")
+    corr = f" [{spec.corruption} s{spec.severity} p={spec.p}]" if spec.corruption else ""
+    return f"{spec.method} on {spec.category}" + (f" ({params})" if params else "") + corr
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def unavailable_weights(specs: list[RunSpec]) -> dict[tuple[str, str], str]:
+    """(backbone, weights) pairs of these runs whose weights cannot be loaded here -> the reason."""
+    from ..components.backbones import create_backbone
+
+    bad: dict[tuple[str, str], str] = {}
+    seen: set[tuple[str, str]] = set()
+    for s in specs:
+        p = s.full_params()
+        if "backbone" not in p:
+            continue
+        pair = (str(p["backbone"]), str(p.get("weights", "imagenet")))
+        if pair in seen:
+            continue
+        seen.add(pair)
+        try:
+            create_backbone(pair[0], None, weights=pair[1], device="cpu")
+        except Exception as exc:  # noqa: BLE001 - WeightsNotFoundError, ModelFileError, ...
+            bad[pair] = str(exc).splitlines()[0]
+    return bad
+
+
+def run_sweep(study: StudyConfig, data_root: str, out: Path, executor: LocalExecutor | RayExecutor,
+              options: RunOptions, echo: Callable[[str], None] = print, skip_unavailable: bool = False) -> SweepResult:
+    """Run every unfinished run of the study; ``skip_unavailable`` drops (with a warning) runs whose
+    backbone weights cannot be loaded here instead of failing on them (used for study presets)."""
+    t_start = time.perf_counter()
+    specs, tags = study.expand(data_root)
+    if not specs:
+        raise ConfigError("the configuration expands to no runs")
+    validate_specs(specs)
+    if skip_unavailable:
+        bad = unavailable_weights(specs)
+        for (bb, w), why in bad.items():
+            n = sum(1 for s in specs if (s.full_params().get("backbone"), str(s.full_params().get("weights", "imagenet")))
+                    == (bb, w))
+            echo(f"warning: skipping {n} runs with backbone {bb} (weights {w}): {why}")
+        specs = [s for s in specs if (s.full_params().get("backbone"), str(s.full_params().get("weights", "imagenet")))
+                 not in bad]
+        if not specs:
+            raise ConfigError("no runs left after skipping those whose backbone weights are unavailable")
+    out.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(out / "results.sqlite")
+    store.tag((k, e) for k, es in tags.items() for e in es)
+    done = store.done_keys()
+    todo = [s for s in specs if s.key() not in done]
+    n_exp = len([e for e in study.experiments if e])
+    echo(f"{len(specs)} runs ({len(specs) - len(todo)} already finished in {store.path})"
+         + (f" in {n_exp} experiments" if n_exp else "") + f"; results -> {out}")
+    corruption_pictures(out, specs)
+    groups = group_specs(todo)
+    failures: list[RunFailure] = []
+    i = 0
+    try:
+        for item in executor.run(groups, options):
+            if isinstance(item, RunFailure):
+                failures.append(item)
+                for s in item.specs:
+                    echo(f"FAILED {describe(s)}: {item.message}")
+                continue
+            assert isinstance(item, RunOutput)
+            i += 1
+            write_artifacts(out, item.key, item.artifacts)
+            store.add(item.key, item.row, item.details, tags.get(item.key, []))
+            r = item.row
+            spec = next((s for s in todo if s.key() == item.key), None)
+            label = describe(spec) if spec else f"{r['method']} on {r['category']}"
+            echo(f"[{i}/{len(todo)}] {label}: image_auroc={_fmt(r.get('image_auroc'))} "
+                 f"pixel_auroc={_fmt(r.get('pixel_auroc'))} fit {r.get('fit_seconds')} s")
+    finally:
+        keys = {s.key() for s in specs}
+        rows = [r for r in store.rows() if r.get("run_key") in keys]
+        csv_path = write_csv(rows, out / "results.csv", FIRST_COLUMNS) if rows else None
+        parquet_path = write_parquet(rows, out / "results.parquet", FIRST_COLUMNS) if rows else None
+    return SweepResult(rows, len(specs), len(specs) - len(todo), i, failures, csv_path, parquet_path,
+                       time.perf_counter() - t_start)
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    cols = ["method", "category", "backbone", "image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1",
+            "fit_seconds", "predict_seconds_per_image", "peak_rss_mb"]
+    if any(r.get("corruption") not in (None, "none") for r in rows):
+        cols[3:3] = ["corruption", "severity"]
+    return format_table(rows, tuple(cols))
+
+
+__all__ = ["run_sweep", "write_artifacts", "corruption_pictures", "summary_table", "SweepResult", "ARTIFACTS"]
