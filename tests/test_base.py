@@ -101,7 +101,7 @@ def test_patchcore_paper_maths_on_tiny_bank() -> None:
     det.fitted_ = True
     emb = torch.tensor([[[[0.1, 0.0], [3.0, 0.0]]]])  # (B=1, h=1, w=2, D=2)
     class FakeBackbone:  # stands in for a FeatureExtractor; _embed is replaced below
-        name, weights_id, layers = "fake", "fake-0", ("l",)
+        name, weights_id, layers, device = "fake", "fake-0", ("l",), torch.device("cpu")
 
         def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"l": x}

@@ -149,7 +149,7 @@ class SPADE(BaseDetector):
         dist, nn_idx = knn(f.to(bank.device), bank, self.k_)  # distances to N_K(y) (B, K)
         scores = dist.mean(dim=1)
         b, h, w, c = pyr.shape
-        queries = pyr.reshape(b, h * w, c).to(bank.device)
+        queries = pyr.reshape(b, h * w, c).to(bank.device).contiguous()  # (B, h*w, C)
         patch = torch.stack([self.pixel_scores(queries[i], nn_idx[i]) for i in range(b)])  # (B, h*w)
         maps = anomaly_map(patch.view(b, h, w).cpu(), tuple(images.shape[-2:]), self.sigma)
         return scores, maps
