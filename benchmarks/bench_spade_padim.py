@@ -8,6 +8,7 @@ Stages (all by default):
             (ru_maxrss is a process-wide high-water mark, so PaDiM runs first: it includes the data).
   padim-naive  the same maths on the same embeddings, written the obvious way (all train embeddings
             in RAM, np.cov + np.linalg.inv per position, one Mahalanobis per test pixel); maps compared.
+            Two rows: fitting the Gaussians (total seconds, in the per-image columns) and scoring.
   spade     fit + predict (K, kappa from --k/--kappa), metrics.
   spade-naive  the same maths on the same features for --naive-images test images: per test image, the
             K nearest images by a full sort, then per neighbour the exact pairwise distances
@@ -16,6 +17,7 @@ Stages (all by default):
             child process on --wrn-images images: its own peak RSS.
 
 Times are wall-clock seconds per test image; "maths" times start from the extracted features.
+The quality figures do not depend on the machine; the times do (shared CPUs: see the load average).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import csv
 import logging
 import multiprocessing as mp
+import os
 import resource
 import sys
 import time
@@ -34,6 +37,7 @@ import torch
 
 from flawmap import get_detector
 from flawmap.components.gaussian import StreamingGaussian, inverse_cholesky_, mahalanobis
+from flawmap.components.knn import knn
 from flawmap.data import Transform, load_split, scan_category
 from flawmap.metrics.evaluate import evaluate
 
@@ -58,31 +62,44 @@ def padim_embeddings(det, images: torch.Tensor, bs: int) -> torch.Tensor:
         return torch.cat([det._embed(det._backbone(images[i:i + bs])).cpu() for i in range(0, len(images), bs)])
 
 
-def padim_naive(train_emb: np.ndarray, test_emb: np.ndarray, eps: float) -> np.ndarray:
-    """Per position: np.cov, inverse; per test image and position: sqrt(delta^T Sigma^-1 delta). -> (B, h, w)."""
+def padim_naive_fit(train_emb: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: mean, np.cov + eps I, np.linalg.inv -> mu (h, w, d), Sigma^-1 (h, w, d, d)."""
     n, d, h, w = train_emb.shape
-    out = np.empty((len(test_emb), h, w))
+    mu, prec = np.empty((h, w, d)), np.empty((h, w, d, d))
     for i in range(h):
         for j in range(w):
             x = train_emb[:, :, i, j]
-            mu = x.mean(axis=0)
-            prec = np.linalg.inv(np.cov(x, rowvar=False) + eps * np.eye(d))
-            for b in range(len(test_emb)):
-                delta = test_emb[b, :, i, j] - mu
-                out[b, i, j] = np.sqrt(delta @ prec @ delta)
+            mu[i, j] = x.mean(axis=0)
+            prec[i, j] = np.linalg.inv(np.cov(x, rowvar=False) + eps * np.eye(d))
+    return mu, prec
+
+
+def padim_naive_score(test_emb: np.ndarray, mu: np.ndarray, prec: np.ndarray) -> np.ndarray:
+    """Per test image and position: sqrt(delta^T Sigma^-1 delta) -> (B, h, w)."""
+    b_, d, h, w = test_emb.shape
+    out = np.empty((b_, h, w))
+    for b in range(b_):
+        for i in range(h):
+            for j in range(w):
+                delta = test_emb[b, :, i, j] - mu[i, j]
+                out[b, i, j] = np.sqrt(delta @ prec[i, j] @ delta)
     return out
 
 
-def padim_fast(train_emb: torch.Tensor, test_emb: torch.Tensor, eps: float, bs: int) -> torch.Tensor:
-    """The detector's path (streaming Gaussian, inverse Cholesky, batched Mahalanobis) -> (B, h, w)."""
+def padim_fast_fit(train_emb: torch.Tensor, eps: float, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The detector's path: streaming Gaussian, inverse Cholesky -> mu (P, d), L^-1 (P, d, d)."""
     n, d, h, w = train_emb.shape
     acc = StreamingGaussian(h * w, d)
     for i in range(0, n, bs):
         acc.update(train_emb[i:i + bs].flatten(2).permute(2, 0, 1))
-    inv_chol = inverse_cholesky_(acc.covariance_(eps))
-    out = [mahalanobis(test_emb[i:i + bs].flatten(2).permute(2, 0, 1), acc.mean, inv_chol).T
+    return acc.mean, inverse_cholesky_(acc.covariance_(eps))
+
+
+def padim_fast_score(test_emb: torch.Tensor, mean: torch.Tensor, inv_chol: torch.Tensor, bs: int) -> torch.Tensor:
+    """The detector's batched Mahalanobis -> (B, h, w)."""
+    out = [mahalanobis(test_emb[i:i + bs].flatten(2).permute(2, 0, 1), mean, inv_chol).T
            for i in range(0, len(test_emb), bs)]
-    return torch.cat(out).reshape(len(test_emb), h, w)
+    return torch.cat(out).reshape(len(test_emb), *test_emb.shape[2:])
 
 
 def run_padim(args, train, test, rows) -> None:
@@ -105,37 +122,42 @@ def run_padim(args, train, test, rows) -> None:
 def run_padim_naive(args, train, test, rows) -> None:
     det = args._padim_last
     tr, te = padim_embeddings(det, train.images, args.batch_size), padim_embeddings(det, test.images, args.batch_size)
+    setting = f"{len(tr)} train, d={tr.shape[1]}, grid={list(tr.shape[2:])}"
     t0 = time.perf_counter()
-    fast = padim_fast(tr, te, det.eps, args.batch_size)
-    fast_s = (time.perf_counter() - t0) / len(te)
-    t0 = time.perf_counter()
-    naive = padim_naive(tr.double().numpy(), te.double().numpy(), det.eps)
-    naive_s = (time.perf_counter() - t0) / len(te)
+    mean, inv_chol = padim_fast_fit(tr, det.eps, args.batch_size)
+    t1 = time.perf_counter()
+    fast = padim_fast_score(te, mean, inv_chol, args.batch_size)
+    t2 = time.perf_counter()
+    mu, prec = padim_naive_fit(tr.double().numpy(), det.eps)
+    t3 = time.perf_counter()
+    naive = padim_naive_score(te.double().numpy(), mu, prec)
+    t4 = time.perf_counter()
     diff = float(np.abs(fast.numpy() - naive).max())
-    rows.append({"method": "padim-maths", "setting": f"fit+score {len(tr)} train, d={tr.shape[1]}, grid={list(tr.shape[2:])}",
-                 "maths_fast_s_per_img": fast_s, "maths_naive_s_per_img": naive_s, "speedup": naive_s / fast_s,
-                 "max_abs_diff": diff, "n_imgs": len(te)})
-    log.info("%s (max |naive| %.3f)", rows[-1], float(np.abs(naive).max()))
+    rows.append({"method": "padim-maths-fit", "setting": f"Gaussians, total s: {setting}", "maths_fast_s_per_img": t1 - t0,
+                 "maths_naive_s_per_img": t3 - t2, "speedup": (t3 - t2) / (t1 - t0), "n_imgs": len(tr)})
+    rows.append({"method": "padim-maths-score", "setting": f"Mahalanobis maps: {setting}",
+                 "maths_fast_s_per_img": (t2 - t1) / len(te), "maths_naive_s_per_img": (t4 - t3) / len(te),
+                 "speedup": (t4 - t3) / (t2 - t1), "max_abs_diff": diff, "n_imgs": len(te)})
+    log.info("%s %s (max |naive| %.3f)", rows[-2], rows[-1], float(np.abs(naive).max()))
 
 
 # ---- SPADE ----------------------------------------------------------------------------------------
-def spade_naive(det, test_images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (B,) and patch maps (B, h, w) from the definition, image by image, neighbour by neighbour."""
+def spade_naive(det, f: torch.Tensor, pyr: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """From features f (B, C_img), pyr (B, h, w, C): scores (B,) and patch maps (B, h, w) by the definition,
+    image by image, neighbour by neighbour, with exact pairwise differences."""
     f_tr, g_tr = det.train_image_features_, det.train_pixel_features_  # (N, C_img), (N, P, C)
     scores, maps = [], []
-    with torch.no_grad():
-        for x in test_images.split(1):
-            f, pyr = det._features(det._backbone(x))
-            h, w = pyr.shape[1:3]
-            q = pyr.reshape(h * w, -1)
-            d_img = torch.cdist(f, f_tr, compute_mode="donot_use_mm_for_euclid_dist")[0]  # (N,)
-            order = torch.argsort(d_img)[:det.k_]
-            scores.append(float(d_img[order].mean()))
-            best = torch.full((h * w, det.kappa), float("inf"))
-            for j in order.tolist():
-                d = torch.cdist(q, g_tr[j], compute_mode="donot_use_mm_for_euclid_dist")  # (P, P)
-                best = torch.sort(torch.cat([best, d], dim=1), dim=1).values[:, :det.kappa]
-            maps.append(best.mean(dim=1).reshape(h, w).numpy())
+    h, w = pyr.shape[1:3]
+    for fy, py in zip(f, pyr):
+        q = py.reshape(h * w, -1)
+        d_img = torch.cdist(fy[None], f_tr, compute_mode="donot_use_mm_for_euclid_dist")[0]  # (N,)
+        order = torch.argsort(d_img)[:det.k_]
+        scores.append(float(d_img[order].mean()))
+        best = torch.full((h * w, det.kappa), float("inf"))
+        for j in order.tolist():
+            d = torch.cdist(q, g_tr[j], compute_mode="donot_use_mm_for_euclid_dist")  # (P, P)
+            best = torch.sort(torch.cat([best, d], dim=1), dim=1).values[:, :det.kappa]
+        maps.append(best.mean(dim=1).reshape(h, w).numpy())
     return np.array(scores), np.stack(maps)
 
 
@@ -149,23 +171,24 @@ def run_spade(args, train, test, rows) -> None:
     res = det.predict(test.images)
     pred_s = (time.perf_counter() - t0) / len(test)
     rows.append({"method": "spade", "setting": f"{args.backbone} K={det.k_} kappa={det.kappa} grid={det.grid_}",
-                 **metrics(test, res), "fit_s": fit_s, "predict_s_per_img": pred_s, "n_imgs": len(test)})
+                 **metrics(test, res), "fit_s": fit_s, "predict_s_per_img": pred_s, "n_imgs": len(test),
+                 "peak_rss_gib": peak_rss_gib()})  # process-wide: includes the PaDiM runs before it
     log.info("%s", rows[-1])
     if "spade-naive" not in args.stages or args.naive_images <= 0:
         return
-    # both sides from the same features: the detector's pixel search vs the naive loop
+    # both sides from the same features (backbone excluded from both timings)
     x = test.images[test.labels == 1][: args.naive_images]
-    t0 = time.perf_counter()
     with torch.no_grad():
         f, pyr = det._features(det._backbone(x))
-        _, nn_idx = torch.cdist(f, det.train_image_features_).topk(det.k_, largest=False)
-        fast = torch.stack([det.pixel_scores(p.reshape(-1, p.shape[-1]), i) for p, i in zip(pyr, nn_idx)])
-    fast_s = (time.perf_counter() - t0) / len(x)
+        t0 = time.perf_counter()
+        dist, nn_idx = knn(f, det.train_image_features_, det.k_)
+        fast = torch.stack([det.pixel_scores(p.reshape(-1, p.shape[-1]).contiguous(), i) for p, i in zip(pyr, nn_idx)])
+        fast_s = (time.perf_counter() - t0) / len(x)
     t0 = time.perf_counter()
-    naive_scores, naive_maps = spade_naive(det, x)
+    naive_scores, naive_maps = spade_naive(det, f, pyr)
     naive_s = (time.perf_counter() - t0) / len(x)
     diff = float(np.abs(fast.reshape(naive_maps.shape).numpy() - naive_maps).max())
-    sdiff = float(np.abs(det.predict(x).scores - naive_scores).max())
+    sdiff = float(np.abs(dist.mean(dim=1).numpy() - naive_scores).max())
     rows.append({"method": "spade-maths", "setting": f"pixel search K={det.k_} kappa={det.kappa} (score diff {sdiff:.2e})",
                  "maths_fast_s_per_img": fast_s, "maths_naive_s_per_img": naive_s, "speedup": naive_s / fast_s,
                  "max_abs_diff": diff, "n_imgs": len(x)})
@@ -210,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kappa", type=int, default=1)
     p.add_argument("--naive-images", type=int, default=2, help="test images for the SPADE naive timing")
     p.add_argument("--wrn-images", type=int, default=24)
+    p.add_argument("--max-train", type=int, default=None, help="smoke runs: only the first N train images")
+    p.add_argument("--test-every", type=int, default=1, help="smoke runs: every n-th test image")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--stages", nargs="+", default=["padim", "padim-naive", "spade", "spade-naive", "wrn50-memory"])
@@ -221,6 +246,12 @@ def main(argv: list[str] | None = None) -> None:
     data = scan_category(args.root, args.category)
     tf = Transform(resize=args.resize, crop=args.crop)
     train, test = load_split(data, "train", tf), load_split(data, "test", tf)
+    if args.max_train:
+        train.images = train.images[: args.max_train]
+    if args.test_every > 1:
+        keep = slice(None, None, args.test_every)
+        test.images, test.labels, test.masks = test.images[keep], test.labels[keep], test.masks[keep]
+        test.paths, test.defect_types = test.paths[keep], test.defect_types[keep]
     log.info("%s: %d train, %d test images at %s", args.category, len(train), len(test), tf.output_size)
     rows: list[dict] = []
     if "padim" in args.stages:
@@ -244,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(" | ".join(fmt(r.get(k)).ljust(widths[k]) for k in FIELDS))
     print(f"CSV: {out}  ({args.category}, {args.backbone}, resize {args.resize} crop {args.crop}, "
-          f"{args.threads} threads, {' '.join(sys.argv)})")
+          f"{args.threads} threads, load average {os.getloadavg()[0]:.1f} at the end; {' '.join(sys.argv)})")
 
 
 if __name__ == "__main__":

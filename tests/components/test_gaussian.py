@@ -74,7 +74,8 @@ def test_memory_check(monkeypatch: pytest.MonkeyPatch) -> None:
     # WRN50, d=550, 56 x 56 positions: 3.8 GiB of covariances
     assert gs.gaussian_memory_bytes(56 * 56, 550) == 56 * 56 * 550 * 551 * 4
     monkeypatch.setattr(gs, "available_memory_bytes", lambda device: 2 * 1024**3)
-    with pytest.raises(ConfigError, match=r"need 3\.54 GiB.*only 2\.00 GiB"):
+    with pytest.raises(ConfigError, match=r"need 5\.27 GiB \(3\.54 GiB of covariances \+ inversion work\).*only 2\.00 GiB"):
         gs.check_memory(56 * 56, 550, torch.device("cpu"))
-    assert gs.check_memory(56 * 56, 100, torch.device("cpu")) == gs.gaussian_memory_bytes(56 * 56, 100)
+    need = gs.check_memory(56 * 56, 100, torch.device("cpu"))
+    assert need == gs.gaussian_memory_bytes(56 * 56, 100) + 3 * 256 * 100 * 100 * 8
     assert gs.available_memory_bytes(torch.device("cpu")) > 0

@@ -76,7 +76,8 @@ def brute_force(train: torch.Tensor, test: torch.Tensor, k: int, kappa: int) -> 
     return np.array(scores), np.array(maps).reshape(-1, 16, 16)
 
 
-@pytest.mark.parametrize(("k", "kappa", "chunk"), [(1, 1, 1 << 24), (3, 1, 3000), (4, 5, 700), (3, 300, 1 << 24)])
+# (3, 300, 3000): blocks of one image (256 rows) are smaller than kappa, so partial top-kappa merges are tested
+@pytest.mark.parametrize(("k", "kappa", "chunk"), [(1, 1, 1 << 24), (3, 1, 3000), (4, 5, 700), (3, 300, 3000)])
 def test_matches_brute_force(fake: None, k: int, kappa: int, chunk: int) -> None:
     train, test = _images(6, 0), _images(3, 1)
     det = get_detector("spade", layers=("a", "b", "c"), image_layer="top", k=k, kappa=kappa, chunk_size=chunk,

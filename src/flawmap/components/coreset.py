@@ -90,7 +90,7 @@ def _kcenter(xs: np.ndarray, g: int) -> np.ndarray:
 
 
 def _partition(xc: np.ndarray, groups: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two-level nearest-centre partition -> group id (N,), centres (G, P). Any partition is valid."""
+    """Two-level (approximately) nearest-centre partition -> group id (N,), centres (G, P)."""
     def assign(pts, cen):
         cn = _sqn(cen)
         return np.concatenate([np.argmin(cn - 2 * _mm(pts[s:s + 16384], cen.T), 1) for s in range(0, len(pts), 16384)])
@@ -115,43 +115,44 @@ class _Greedy:
         n, p = x.shape
         self.x, self.k, self.S = x, k, chunk
         self.kappa = 4 * (p + 16) * _U  # |matmul d^2 - sq_dist| <= kappa (|a| + |b|)^2 (2x margin)
-        m0 = x.mean(0, dtype=np.float64).astype(np.float32)
-        self.xc = xc = x - m0  # (N, P) centred copy for matmul bounds
-        self.xcn = np.sqrt(_sqn(xc))
+        self.m0 = m0 = x.mean(0, dtype=np.float64).astype(np.float32)  # centring for matmul bounds
         groups = int(np.clip(n // 640, 1, 256))
-        gid, gc = _partition(xc, groups, np.random.default_rng(seed)) if groups > 1 else (np.zeros(n, np.int64), xc[:1] * 0)
-        self.mu = gc + m0  # group reference points (G, P), original coords
-        self.gc, self.gc2 = self.mu - m0, _sqn(self.mu - m0)
-        loc = x - self.mu[gid]  # group-local coordinates, error <= u |loc| per coordinate
+        gid, self.mu = _partition(x, groups, np.random.default_rng(seed)) if groups > 1 else (np.zeros(n, np.int64), m0[None])
+        self.gc = self.mu - m0  # group reference points (G, P), centred
+        self.gc2 = _sqn(self.gc)
+        order = np.argsort(gid, kind="stable")
+        cnt = np.bincount(gid, minlength=len(self.mu))
+        gs = np.r_[0, np.cumsum(cnt)]
+        loc = x[order]  # (N, P) -> group-local coordinates x' = x - mu_g (error <= u|x'|)
+        w = np.empty(n, np.float32)  # x'.g_c
+        for g in range(len(self.mu)):
+            loc[gs[g]:gs[g + 1]] -= self.mu[g]
+            w[gs[g]:gs[g + 1]] = np.einsum("ij,j->i", loc[gs[g]:gs[g + 1]], self.gc[g])
         r2 = _sqn(loc)
-        r = np.sqrt(r2)
-        order = np.lexsort((r, gid))  # by group, then radius: chunks are thin radial shells
-        cnt = np.bincount(gid, minlength=len(gc))
+        gsort = gid[order]
+        o2 = np.lexsort((r2, gsort))  # by group, then radius: chunks are thin radial shells
+        order, gsort = order[o2], gsort[o2]
         nchg = -(-cnt // chunk)
         c0 = np.r_[0, np.cumsum(nchg)]
         self.nch = nch = int(c0[-1])
-        gs = gid[order]
-        pos = c0[gs] * chunk + np.arange(n) - np.r_[0, np.cumsum(cnt)][gs]  # slot of point order[i]
+        pos = c0[gsort] * chunk + np.arange(n) - gs[gsort]  # slot of point order[i]
         self.orig = np.full(nch * chunk, -1, np.int64)  # slot -> point index (-1: padding)
         self.orig[pos] = order
-        self.slot = np.empty(n, np.int64)
-        self.slot[order] = pos
         xp = np.zeros((nch * chunk, p), np.float32)
-        xp[pos] = loc[order]
+        xp[pos] = loc[o2]
+        del loc
         self.Xp = xp.reshape(nch, chunk, p)  # (chunks, S, P)
         self.rn2 = np.zeros(nch * chunk, np.float32)
-        self.rn2[pos] = r2[order]
+        self.rn2[pos] = r2[o2]
         self.rn = np.sqrt(self.rn2)
-        self.w = np.zeros(nch * chunk, np.float32)  # x'.g_c (local point . centred group centre)
-        self.w[pos] = np.einsum("ij,ij->i", loc, self.gc[gid])[order]
-        rr = np.full(nch * chunk, np.nan, np.float32)
-        rr[pos] = r[order]
-        rr = rr.reshape(nch, chunk)
+        self.w = np.zeros(nch * chunk, np.float32)
+        self.w[pos] = w[o2]
+        rr = np.where(self.orig >= 0, self.rn, np.nan).reshape(nch, chunk)
         self.rlo, self.rhi = np.nanmin(rr, 1), np.nanmax(rr, 1)  # annulus of each chunk
         # slack for |c - mu_g| vs r(x) tests: radius rounding + float32 offsets between coordinate frames
-        self.rtol = 1e-4 * self.rhi + 16 * _U * float(np.sqrt(_sqn(x).max()) + self.xcn.max())
-        self.cgrp = np.repeat(np.arange(len(gc)), nchg)  # group of each chunk
-        self.rho = np.zeros(len(gc), np.float32)
+        self.rtol = 1e-4 * self.rhi + 64 * _U * float(np.sqrt(self.gc2.max()) + self.rhi.max() + np.abs(m0).sum())
+        self.cgrp = np.repeat(np.arange(len(self.mu)), nchg)  # group of each chunk
+        self.rho = np.zeros(len(self.mu), np.float32)
         np.maximum.at(self.rho, self.cgrp, self.rhi)
         self.u = np.where(self.orig >= 0, np.inf, -np.inf).astype(np.float32)  # exact part of d^2
         self.hi = self.u.copy()  # upper bound of d^2 = min(u, ahi)
@@ -169,10 +170,10 @@ class _Greedy:
     def _add(self, idx: np.ndarray, t: int, radius: float) -> None:
         """Append centres idx (points) at positions t..; keep (group, centre) pairs that may matter."""
         self.sel[t:t + len(idx)] = idx
-        self.cc[t:t + len(idx)] = cc = self.xc[idx]
-        self.ccn[t:t + len(idx)] = self.xcn[idx]
+        self.cc[t:t + len(idx)] = cc = self.x[idx] - self.m0
+        self.ccn[t:t + len(idx)] = cn = np.sqrt(_sqn(cc))
         d2 = self.gc2[:, None] + _sqn(cc)[None] - 2 * _mm(self.gc, np.ascontiguousarray(cc.T))  # (G, m)
-        e = self.kappa * (np.sqrt(self.gc2)[:, None] + self.xcn[idx][None]) ** 2
+        e = self.kappa * (np.sqrt(self.gc2)[:, None] + cn[None]) ** 2
         lo = np.sqrt(np.maximum(d2 - e, 0))
         ci, gi = np.nonzero((lo < (self.rho + radius + self.rtol.max())[:, None]).T)  # ordered by centre
         self.pg, self.pc = np.r_[self.pg, gi], np.r_[self.pc, ci + t]
@@ -191,9 +192,7 @@ class _Greedy:
     def _hits(self, pp: np.ndarray, cc: np.ndarray, lo: np.ndarray, hh: np.ndarray) -> None:
         """Candidate centres cc for slots pp with d^2 in [lo, hh]: keep the provably best one as
         pending, or (if two candidates overlap) fold them into the exact part."""
-        o = np.argsort(pp, kind="stable")
-        pp, cc, lo, hh = pp[o], cc[o], lo[o], hh[o]
-        new = np.r_[True, pp[1:] != pp[:-1]]
+        new = np.r_[True, pp[1:] != pp[:-1]]  # entries of a slot are contiguous (see _refresh)
         first, seg = np.flatnonzero(new), np.cumsum(new) - 1
         ps = pp[first]
         uu, pe = self.u[ps], self.pend[ps]
@@ -286,8 +285,10 @@ class _Greedy:
         Returns accepted batch positions (in pick order) and the batch's updated d^2."""
         d = self.u[sp].copy()  # (B,) exact
         pts = self.orig[sp]
-        xs, ns = self.x[pts], self.xcn[pts]
-        g2 = 2 * _mm(self.xc[pts], np.ascontiguousarray(self.xc[pts].T))  # (B, B)
+        xs = self.x[pts]
+        xc = xs - self.m0
+        ns = np.sqrt(_sqn(xc))
+        g2 = 2 * _mm(xc, np.ascontiguousarray(xc.T))  # (B, B)
 
         def lower(a, b=slice(None)):  # lower bounds of sq_dist between batch positions a and b
             na, nb = ns[a, None], ns[None, b]
@@ -300,40 +301,70 @@ class _Greedy:
                 break
             top = top[:n_ok]
             # take the longest prefix in which no pick can lower the value of a later one
-            hit = np.tril(lower(top, top) < d[top][:, None], -1).any(1)
-            a = top[:int(np.argmax(hit)) if hit.any() else n_ok]
+            # (a pick's own value becomes 0, so later values must also stay > 0)
+            hit = (np.tril(lower(top, top) < d[top][:, None], -1).any(1) | (d[top] <= 0))[1:]
+            a = top[:1 + int(np.argmax(hit)) if hit.any() else n_ok]
             acc.extend(a.tolist())
             i, j = np.nonzero(lower(a) < d[None])
             np.minimum.at(d, j, sq_dist(xs[j], xs[a[i]]))
         return np.asarray(acc, dtype=np.int64), d
 
-    def run(self, start: int, batch: int = 1024, min_batch: int = 256) -> np.ndarray:
-        n, nslot, k = len(self.x), self.nch * self.S, self.k
-        u, hi, orig = self.u, self.hi, self.orig
+    def _top(self, b: int, t: int, over: float) -> tuple[float, np.ndarray, int]:
+        """Refresh the stale chunks that may hold one of the top b + 1 values; returns tau (the
+        (b+1)-th largest upper bound, -inf if b = N), the top-b slots and the iteration count."""
+        hi, nslot, n = self.hi, self.nch * self.S, len(self.x)
+        for it in range(1 << 30):
+            if b >= n:
+                tau, stale = -np.inf, np.flatnonzero(self.tch < t)
+            else:
+                part = np.argpartition(hi, nslot - b - 1)
+                tau = hi[part[nslot - b - 1]]
+                stale = np.flatnonzero((self.tch < t) & (self.ub >= tau))
+                if len(stale) and over * 2 ** it > 1:  # refresh more at once: fewer iterations
+                    q = min(int(over * 2 ** it * b), n - 1)
+                    stale = np.flatnonzero((self.tch < t) & (self.ub >= np.partition(hi, nslot - q - 1)[nslot - q - 1]))
+            if not len(stale):
+                break
+            self._refresh(stale, t)
+        sp = np.flatnonzero(self.orig >= 0) if b >= n else part[nslot - b:]
+        return float(tau), sp[np.argsort(self.orig[sp])], it
+
+    def _dense_step(self, t: int) -> None:
+        """One plain greedy step over all points (fallback for long runs of ties at tau)."""
+        real = np.flatnonzero(self.orig >= 0)
+        self._top(len(self.x), t, 1.0)
+        self._resolve(real)
+        m = float(self.u[real].max())
+        c = int(self.orig[real[self.u[real] == m]].min())
+        self._add(np.array([c]), t, float(np.sqrt(m * (1 + 8 * _U))))
+        self.u[real] = self.hi[real] = np.minimum(self.u[real], sq_dist(self.x[self.orig[real]], self.x[c]))
+        self.tch[:] = t + 1
+        self.ub = self.hi.reshape(self.nch, self.S).max(1)
+
+    def run(self, start: int, batch: int = 1024, min_batch: int = 256, max_batch: int = 4096) -> np.ndarray:
+        n, k, u, hi = len(self.x), self.k, self.u, self.hi
         self._add(np.array([start]), 0, np.inf)
         t, b, over = 1, min_batch, 4.0
         while t < k:
-            b = min(b, n - 1)
-            for it in range(1 << 30):  # refresh stale chunks that may hold one of the top b + 1
-                part = np.argpartition(hi, nslot - b - 1)
-                tau = hi[part[nslot - b - 1]]  # (b+1)-th largest upper bound
-                stale = np.flatnonzero((self.tch < t) & (self.ub >= tau))
-                if not len(stale):
-                    break
-                if it == 0 and over > 1:  # refresh more at once: fewer iterations
-                    q = min(int(over * b), n - 1)
-                    stale = np.flatnonzero((self.tch < t) & (self.ub >= np.partition(hi, nslot - q - 1)[nslot - q - 1]))
-                self._refresh(stale, t)
+            b = min(b, n)
+            tau, sp, it = self._top(b, t, over)
             over = min(16.0, 2 * over) if it > 2 else max(1.0, over / 1.5) if it <= 1 else over
-            sp = part[nslot - b:]
-            sp = sp[np.argsort(orig[sp])]
             self._resolve(sp)
-            radius = float(np.sqrt(max(float(u[sp].max()), float(tau)) * (1 + 8 * _U)))  # max d now
-            acc, d = self._simulate(sp, float(tau), t)
+            if tau <= 0 and u[sp].max() <= 0:  # every d(x) = 0: argmax is point 0 from now on
+                self.sel[t:] = 0
+                break
+            radius = float(np.sqrt(max(float(u[sp].max()), tau) * (1 + 8 * _U)))  # >= every d(x) now
+            acc, d = self._simulate(sp, tau, t)
             u[sp] = hi[sp] = d
-            self._add(orig[sp[acc]], t, radius)
-            t += len(acc)
-            b = int(np.clip(2 * len(acc), min_batch, batch))
+            if len(acc):
+                self._add(self.orig[sp[acc]], t, radius)
+                t += len(acc)
+                b = int(np.clip(2 * len(acc), min_batch, batch))
+            elif b < min(n, max_batch):  # the batch maximum ties with tau: widen the batch
+                b *= 2
+            else:
+                self._dense_step(t)
+                t += 1
         return self.sel
 
 

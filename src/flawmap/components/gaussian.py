@@ -19,6 +19,8 @@ import torch
 from ..errors import ConfigError
 
 _GIB = 1024**3
+#: covariances inverted per float64 chunk in :func:`inverse_cholesky_`
+INVERSE_CHUNK = 256
 
 
 def gaussian_memory_bytes(positions: int, dim: int, dtype: torch.dtype = torch.float32) -> int:
@@ -43,17 +45,19 @@ def available_memory_bytes(device: torch.device) -> int:
 
 
 def check_memory(positions: int, dim: int, device: torch.device, what: str = "covariances") -> int:
-    """Raise ConfigError before allocating if the (P, D, D) buffer cannot fit; returns the bytes needed.
+    """Raise ConfigError before allocating if PaDiM's Gaussians cannot fit; returns the bytes needed.
 
-    Needs the buffer plus 10% headroom for the per-chunk work of :func:`inverse_cholesky_`.
+    Needed: the (P, D, D) float32 buffer and mean, plus the float64 work of one chunk of
+    :func:`inverse_cholesky_` (copy, factor, inverse: 3 x chunk x D x D x 8 bytes).
     """
-    need = gaussian_memory_bytes(positions, dim)
+    buffer = gaussian_memory_bytes(positions, dim)
+    need = buffer + 3 * min(positions, INVERSE_CHUNK) * dim * dim * 8
     have = available_memory_bytes(device)
-    if need * 1.1 > have:
+    if need > have:
         raise ConfigError(
             f"{what}: {positions} positions x {dim}x{dim} float32 matrices need {need / _GIB:.2f} GiB "
-            f"(+10% working memory) but only {have / _GIB:.2f} GiB is free on {device}; "
-            "reduce the embedding dimension d, the image size, or use a device with more memory"
+            f"({buffer / _GIB:.2f} GiB of covariances + inversion work) but only {have / _GIB:.2f} GiB is free "
+            f"on {device}; reduce the embedding dimension d, the image size, or use a device with more memory"
         )
     return need
 
@@ -109,7 +113,7 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 
 @torch.no_grad()
-def inverse_cholesky_(cov: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def inverse_cholesky_(cov: torch.Tensor, chunk: int = INVERSE_CHUNK) -> torch.Tensor:
     """Overwrite each Sigma_p (P, D, D) with L_p^-1 where Sigma_p = L_p L_p^T (float64 per chunk)."""
     with _one_cpu_thread(cov.device):
         return _inverse_cholesky(cov, chunk)

@@ -29,7 +29,7 @@ from ..registry import register_detector
 
 log = logging.getLogger(__name__)
 
-#: d per backbone when ``n_features=None``. Paper (§4.1): R18 100 of 448, WRN50 550 of 1792 channels.
+#: d per backbone when ``n_features=None``. Paper: R18 100 of 448, WRN50 550 of 1792 channels.
 #: Other backbones (EfficientNet-Lite, not in the paper): all channels of the chosen layers (lite0 176,
 #: lite2 192): fewer than the 448 the paper reduces for R18, and on MVTec bottle (lite2, 224 px) all
 #: 192 beat a random 100 (pixel AUROC 0.978 vs 0.973, AUPRO 0.927 vs 0.909; benchmarks/bench_spade_padim.py).

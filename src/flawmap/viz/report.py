@@ -533,7 +533,8 @@ def build_report(results: str | os.PathLike[str], out_dir: str | os.PathLike[str
             timing_section(page, cells)
         study_sections(page, rows)
         robustness_section(page, rows, folder)
-        catalogue_section(page, folder, rows) if any(not _is_clean(r) for r in rows) else None
+        if any(not _is_clean(r) for r in rows):
+            catalogue_section(page, folder, rows)
         if cells:
             roc_section(page, cells, details)
             gallery_section(page, cells, details, folder)
