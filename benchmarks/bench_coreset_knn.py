@@ -6,9 +6,11 @@ constant), and the fast picks are checked against those first naive picks.
 kNN: the bank is a 10 % coreset of images [0, --train-images) and the queries are the patches of
 the remaining images (784 per image); brute force ``knn`` versus ``NearestNeighborIndex`` per image
 at predict batch sizes 1 and 8, with an exactness check. With ``--images`` (a tensor file of
-(N, 3, 224, 224) images, e.g. bottle224.pt with key "tr"), also the backbone time per image.
+(N, 3, 224, 224) images, e.g. bottle224.pt with key "tr"), also the backbone time per image, and with
+``--patchcore N`` the whole PatchCore fit and predict (brute-force kNN vs the automatic index).
 
-    nice -n 10 python benchmarks/bench_coreset_knn.py --bank /tmp/pc/bank.pt --images /tmp/pc/bottle224.pt
+    nice -n 10 python benchmarks/bench_coreset_knn.py --bank /tmp/pc/bank.pt --images /tmp/pc/bottle224.pt \
+        --patchcore 32
 
 Times are medians over --repeat runs: wall (perf_counter) and CPU (process_time) seconds, with the
 1-minute load average, as other jobs share the machine.
@@ -98,6 +100,30 @@ def bench_backbone(path: str, key: str, repeat: int) -> None:
         f"threads={torch.get_num_threads()}")
 
 
+def bench_patchcore(path: str, n_test: int) -> None:
+    """Whole PatchCore: fit (backbone + embedding + coreset) on all "tr" images, backbone-only time on
+    the same images, and predict on n_test "te" images with brute-force kNN versus the auto index."""
+    from flawmap.components.features import extract_features
+    from flawmap.detectors.patchcore import PatchCore
+
+    data = torch.load(path, weights_only=False)  # a local, trusted tensor file
+    train, test = data["tr"], data["te"][:n_test]
+    det = PatchCore()
+    det._validate_params()
+    det._setup()
+    w, c, _ = timed(lambda: det._embed(extract_features(det._backbone, train, batch_size=8)), 1)
+    row("patchcore backbone+emb", f"{len(train)} train images", w, c)
+    w, c, _ = timed(lambda: det.fit(train), 1)
+    row("patchcore fit", f"{len(train)} train images, ratio 0.1", w, c, f"bank {tuple(det.memory_bank_.shape)}")
+    det.predict(test[:8])  # warm-up; records the bank for the automatic index
+    auto = kn._AUTO_MIN_BANK
+    for name, thr in (("patchcore predict brute", 1 << 62), ("patchcore predict index", auto)):
+        kn._AUTO_MIN_BANK = thr
+        w, c, _ = timed(lambda: det.predict(test), 1)
+        row(name, f"per image ({len(test)} images, batch 8)", w / len(test), c / len(test))
+    kn._AUTO_MIN_BANK = auto
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bank", default="/tmp/pc/bank.pt", help="torch tensor (N, D) of patch features")
@@ -111,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", help="tensor file with images (N, 3, 224, 224) for the backbone timing")
     ap.add_argument("--images-key", default="tr")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (PatchCore default: 2 here)")
+    ap.add_argument("--patchcore", type=int, default=0, metavar="N_TEST",
+                    help="with --images: also time PatchCore fit and predict on N_TEST test images")
     ap.add_argument("--skip", nargs="*", default=[], choices=["coreset", "knn", "backbone"])
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -123,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_knn(bank, args.train_images, args.per_image, args.batches, args.repeat)
     if args.images and "backbone" not in args.skip:
         bench_backbone(args.images, args.images_key, args.repeat)
+    if args.images and args.patchcore:
+        bench_patchcore(args.images, args.patchcore)
     return 0
 
 

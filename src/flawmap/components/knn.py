@@ -63,7 +63,10 @@ def _auto_index(queries: torch.Tensor, bank: torch.Tensor, k: int) -> "NearestNe
             or queries.dtype != torch.float32 or bank.requires_grad or k > _AUTO_MAX_K
             or bank.shape[0] < _AUTO_MIN_BANK or queries.shape[0] * bank.shape[0] < _AUTO_MIN_WORK):
         return None
-    key, sig = id(bank), (bank._version, tuple(bank.shape), bank.data_ptr())
+    try:
+        key, sig = id(bank), (bank._version, tuple(bank.shape), bank.data_ptr())
+    except RuntimeError:  # inference tensors have no version counter: no caching
+        return None
     hit = _cache.get(key)
     if hit is not None and hit[0]() is bank and hit[1:3] == (sig[0], sig[1:]):
         if hit[3] is None:  # second call with this bank: worth building
@@ -76,7 +79,7 @@ def _auto_index(queries: torch.Tensor, bank: torch.Tensor, k: int) -> "NearestNe
 
 
 def _sqn(a: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", a, a)
+    return np.einsum("...i,...i->...", a, a)
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -161,6 +164,8 @@ class NearestNeighborIndex:
         """Merge distances of queries qi to the members of clusters g into best/idx. Members are
         sorted by their distance r to the centre; ||q - x|| >= |d(q, c) - r| limits each query to the
         members with r in (dlo - U, dhi + U), U = current k-th distance (+ float error)."""
+        if not len(g):
+            return
         o = np.argsort(g, kind="stable")
         g, qi, dlo, dhi, k = g[o], qi[o], dlo[o], dhi[o], best.shape[1]
         u = np.sqrt(best.max(1)[qi] + self.kappa * (qn[qi] + self.xmax) ** 2) if u0 is None else u0[qi]
