@@ -74,7 +74,8 @@ def bench_knn(bank: torch.Tensor, train_images: int, per_image: int, batches: li
     try:
         for bs in batches:
             chunks = [queries[i * per_image:(i + bs) * per_image] for i in range(0, n_img - bs + 1, bs)]
-            for name, fn in (("knn brute force", lambda q: kn.knn(q, memory, 1)), ("knn index", lambda q: index.search(q, 1))):
+            for name, fn in (("knn brute force", lambda q: kn.knn(q, memory, 1)),
+                             ("knn index", lambda q: index.search(q, 1))):
                 w, c, _ = timed(lambda: [fn(q) for q in chunks], repeat)
                 imgs = len(chunks) * bs
                 row(name, f"batch={bs}, per image ({imgs} imgs)", w / imgs, c / imgs, f"threads={torch.get_num_threads()}")

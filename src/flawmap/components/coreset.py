@@ -92,7 +92,8 @@ class _Greedy:
         self.x, self.k, self.S, self.kappa = x, k, S, 4 * (p + 16) * _U
         self.m0 = m0 = x.mean(0, dtype=np.float64).astype(np.float32)  # centring for matmul bounds
         groups = int(np.clip(n // 640, 1, 256))
-        gid, self.mu = _partition(x, groups, np.random.default_rng(seed)) if groups > 1 else (np.zeros(n, np.int64), m0[None])
+        gid, self.mu = (_partition(x, groups, np.random.default_rng(seed)) if groups > 1
+                        else (np.zeros(n, np.int64), m0[None]))
         self.gc = self.mu - m0  # group reference points mu_g (G, P), centred
         self.gc2, G = _sqn(self.gc), len(self.mu)
         order, cnt = np.argsort(gid, kind="stable"), np.bincount(gid, minlength=G)
@@ -181,10 +182,12 @@ class _Greedy:
             gcnt, gub = np.bincount(g, minlength=len(self.rho)), np.zeros(len(self.rho), np.float32)
             np.maximum.at(gub, g, self.ub[act])
             pg = self.pg[s0:s1]
-            sp = s0 + np.flatnonzero((gcnt[pg] > 0) & (self.plo[s0:s1] < self.rho[pg] + np.sqrt(gub[pg]) * 1.000001 + self.rtol.max()))
-            reps = gcnt[self.pg[sp]]
+            near = self.plo[s0:s1] < self.rho[pg] + np.sqrt(gub[pg]) * 1.000001 + self.rtol.max()  # group test
+            sp = s0 + np.flatnonzero((gcnt[pg] > 0) & near)
+            reps = gcnt[self.pg[sp]]  # expand each pair to the active chunks of its group
             pair = np.repeat(sp, reps)
-            ch = act[np.r_[0, np.cumsum(gcnt)][self.pg[pair]] + np.arange(len(pair)) - np.repeat(np.cumsum(reps) - reps, reps)]
+            within = np.arange(len(pair)) - np.repeat(np.cumsum(reps) - reps, reps)
+            ch = act[np.r_[0, np.cumsum(gcnt)][self.pg[pair]] + within]
             lb = np.maximum(self.plo[pair] - self.rhi[ch], self.rlo[ch] - self.phi[pair])
             keep = lb < np.sqrt(self.ub[ch]) * 1.000001 + self.rtol[ch]
             out_ch.append(ch[keep])
@@ -205,20 +208,22 @@ class _Greedy:
             cb, nc, col = uch[w], rc[w], np.arange(rc[w].max())
             pair = pid[first[w][:, None] + np.minimum(col, nc[:, None] - 1)]  # (nb, R), padded
             cent = self.pc[pair]
-            # x'.(c - mu_g) = x'.c_c - x'.g_c (centred c_c, g_c); |c - mu_g|^2 in [lo2, hi2]
-            a = torch.bmm(torch.from_numpy(self.Xp[cb]), torch.from_numpy(self.cc[cent]).transpose(1, 2)).numpy()
-            lo2, hi2 = self.plo[pair] ** 2, self.phi[pair] ** 2
+            lo2, hi2 = self.plo[pair] ** 2, self.phi[pair] ** 2  # |c - mu_g|^2 in [lo2, hi2]
             pidx, gn = cb[:, None] * S + np.arange(S), np.sqrt(self.gc2[self.cgrp[cb]])[:, None]  # (nb, S)
-            e = kap * (self.rn[pidx] + gn + float(self.ccn[cent].max())) ** 2  # >= float error
-            # candidate <=> lower bound |x'|^2 + |c - mu|^2 - 2 x'.(c - mu) - e < hi, rearranged:
-            arow = 0.5 * (self.rn2[pidx] + 2 * self.w[pidx] - self.hi[pidx] * (1 + 8 * _U) - e)
-            bcol = np.where(col < nc[:, None], 0.5 * lo2, np.inf)
-            if len(f := np.flatnonzero(a > arow[:, :, None] + bcol[:, None, :])):  # flat: 10x faster
+            rg = self.rn[pidx] + gn + float(self.ccn[cent].max())  # >= |x'| + |c - mu_g|
+            e = kap * rg ** 2  # >= float error of the matmul d^2
+            # candidate <=> lower bound |x'|^2 + |c - mu|^2 - 2 x'.(c - mu) - e < hi (capped: d^2 <= rg^2),
+            # with x'.(c - mu_g) = x'.c_c - x'.g_c (centred c_c, g_c), rearranged to z > bcol:
+            arow = 0.5 * (self.rn2[pidx] + 2 * self.w[pidx] - np.minimum(self.hi[pidx] * (1 + 8 * _U), 2 * rg ** 2) - e)
+            z = torch.baddbmm(torch.from_numpy(-arow[:, :, None]), torch.from_numpy(self.Xp[cb]),
+                              torch.from_numpy(self.cc[cent]).transpose(1, 2)).numpy()  # x'.c_c - arow (nb, S, R)
+            bcol = np.where(col < nc[:, None], 0.5 * lo2, np.inf)[:, None, :]
+            if len(f := np.flatnonzero(z > bcol)):  # flat: 10x faster
                 i, f = np.divmod(f, S * len(col))
                 j, m = np.divmod(f, len(col))
                 sl, c = pidx[i, j], cent[i, m]
-                e = kap * (self.rn[sl] + gn[i, 0] + self.ccn[c]) ** 2
-                base = self.rn2[sl] - 2 * (a[i, j, m] - self.w[sl])
+                e = kap * (self.rn[sl] + gn[i, 0] + self.ccn[c]) ** 2 + 8 * _U * rg[i, j] ** 2
+                base = self.rn2[sl] - 2 * (z[i, j, m] + arow[i, j] - self.w[sl])
                 hits.append((sl, c, base + lo2[i, m] - e, base + hi2[i, m] + e))
         if hits:
             self._hits(*(np.concatenate(z) for z in zip(*hits)))
