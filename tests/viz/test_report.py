@@ -101,6 +101,9 @@ def test_report_tables_and_pictures(report: Path, study_out) -> None:
     assert len(list((report / "corruptions").glob("catalogue_*_s5.png"))) == 6  # every corruption pictured
     assert len(list((report / "gallery").rglob("*.png"))) == 2 * 3  # 2 methods x (best, worst, borderline)
     assert "Fit and inference time per method" in page and "fit (s)" in page
+    # the comparison says which of its settings are not the paper's (here the smaller backbone)
+    assert "patchcore: backbone=efficientnet_lite0 (default efficientnet_lite2)" in md
+    assert "coreset_ratio=" not in md.split("## Fit and inference time")[0]  # defaults are not listed
     # offline: no scheme or protocol-relative URL, every picture is a file inside the report folder
     assert not re.search(r"(https?:)?//", page.replace("<!DOCTYPE html>", ""))
     srcs = re.findall(r'<img src="([^"]+)"', page)

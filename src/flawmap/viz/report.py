@@ -243,6 +243,32 @@ def comparison_section(page: Page, cells: dict[tuple[str, str], Cell], rule: str
         header = ["category", *[m + ("*" if any(cells[(m, c)].tuned for c in cats if (m, c) in cells) else "")
                                 for m in methods]]
         page.table(header, body, bold, csv_name=f"{key}.csv")
+    changed = non_default_settings(cells)
+    if changed:
+        page.text("Settings that differ from the paper defaults in these cells (e.g. training shortened for a "
+                  "CPU; such figures are not the paper's): " + "; ".join(f"{m}: {d}" for m, d in changed.items()) + ".")
+
+
+def non_default_settings(cells: dict[tuple[str, str], Cell]) -> dict[str, str]:
+    """{method: 'key=value (default d), ...'} for hyperparameters of the comparison cells that are not
+    the method's defaults (IGNORED keys and tuned cells' swept choices included)."""
+    out: dict[str, str] = {}
+    for method in _order(m for m, _ in cells):
+        defaults = _defaults(method)
+        diffs: dict[str, str] = {}
+        for (m, _), cell in cells.items():
+            if m != method:
+                continue
+            for r in cell.rows:
+                for k, d in defaults.items():
+                    if k in IGNORED or k not in r:
+                        continue
+                    v = _norm(r[k])
+                    if v != d and not (isinstance(v, (int, float)) and isinstance(d, (int, float)) and float(v) == float(d)):
+                        diffs.setdefault(k, f"{k}={_fmt(v)} (default {_fmt(d)})")
+        if diffs:
+            out[method] = ", ".join(diffs.values())
+    return out
 
 
 def timing_section(page: Page, cells: dict[tuple[str, str], Cell]) -> None:
