@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .knn import _kcenter, _mm, _nearest, _one_thread, _sqn
+from ..device import one_cpu_thread
+from .knn import _kcenter, _mm, _nearest, _sqn
 
 _U = 2.0 ** -24  # float32 unit roundoff
 _EDGES = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1 << 62])
@@ -305,7 +306,7 @@ def greedy_coreset_fast(features: np.ndarray, k: int, start: int) -> np.ndarray:
     x = _pad_pow2(features)
     if k <= 1:
         return np.array([start], dtype=np.int64)[:k]
-    with _one_thread():
+    with one_cpu_thread():
         return _Greedy(x, k).run(start)
 
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import contextmanager
-from typing import Iterator
-
 import torch
 
+from ..device import one_cpu_thread
 from ..errors import ConfigError
 
 _GIB = 1024**3
@@ -97,25 +95,10 @@ class StreamingGaussian:
         return cov
 
 
-@contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Batched LAPACK on CPU runs one small factorisation after another; multi-threading each of them
-    costs more than it gains (measured 10x slower with 2 threads for 192 x 192 Cholesky)."""
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 @torch.no_grad()
 def inverse_cholesky_(cov: torch.Tensor, chunk: int = INVERSE_CHUNK) -> torch.Tensor:
     """Overwrite each Sigma_p (P, D, D) with L_p^-1 where Sigma_p = L_p L_p^T (float64 per chunk)."""
-    with _one_cpu_thread(cov.device):
+    with one_cpu_thread(cov.device):
         return _inverse_cholesky(cov, chunk)
 
 

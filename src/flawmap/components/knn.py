@@ -17,6 +17,8 @@ import weakref
 import numpy as np
 import torch
 
+from ..device import one_cpu_thread
+
 _U = 2.0 ** -24  # float32 unit roundoff
 _BLOCK = 64  # queries per matmul in a cluster scan
 _AUTO_MIN_BANK, _AUTO_MIN_WORK, _AUTO_MAX_K = 4096, 1 << 22, 64  # when knn() uses a cached index
@@ -114,7 +116,7 @@ class NearestNeighborIndex:
         self.mu = b.mean(0).numpy()
         x = b.numpy() - self.mu  # centred: better conditioned matmul distances
         g = n_clusters or int(np.clip(round(m ** 0.5 / 2), 1, 256))
-        with _one_thread():
+        with one_cpu_thread():
             rng = np.random.default_rng(seed)
             cen = _kcenter(x[np.sort(rng.choice(m, min(m, 16 * g), replace=False))], g)  # (G, D)
             lab = _nearest(x, cen)
@@ -135,7 +137,7 @@ class NearestNeighborIndex:
         """queries (Q, D) -> (dists (Q, k), bank indices (Q, k)), sorted ascending."""
         if k > self.m:
             raise ValueError(f"k={k} exceeds the memory bank size {self.m}")
-        with _one_thread():
+        with one_cpu_thread():
             best, idx = self._search(queries.detach().to("cpu", torch.float32).numpy() - self.mu, k)
         return torch.from_numpy(np.sqrt(best)).to(queries.device), self.perm[idx].to(queries.device)
 
@@ -193,14 +195,3 @@ class NearestNeighborIndex:
                 cidx = np.concatenate([idx[qs], np.broadcast_to(np.arange(ca, cb), d.shape)], 1)
                 p = np.argpartition(cand, k - 1, axis=1)[:, :k]
                 best[qs], idx[qs] = np.take_along_axis(cand, p, 1), np.take_along_axis(cidx, p, 1)
-
-
-class _one_thread:
-    """Many small matmuls: extra threads only add synchronisation latency on a busy CPU."""
-
-    def __enter__(self) -> None:
-        self.n = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.n)
