@@ -51,13 +51,10 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
 
 
 def _transform(method: str, resize: int | None, crop: int | None):
-    from .data import Transform
+    from .data import preprocessing
     from .registry import detector_class
 
-    paper = detector_class(method).paper_transform
-    if resize is None and crop is None:
-        return Transform(resize=paper["resize"], crop=paper["crop"])
-    return Transform(resize=resize or paper["resize"], crop=(crop or None) if crop is not None else paper["crop"])
+    return preprocessing(detector_class(method).paper_transform, resize, crop)
 
 
 # ---- commands -----------------------------------------------------------------------------------
@@ -264,8 +261,6 @@ def load_bench_study(args: argparse.Namespace):
             v = getattr(args, attr)
             if v is not None:
                 setattr(cfg, attr, v)
-        if cfg.crop == 0:
-            cfg.crop = None
         if args.categories:
             cfg.categories = [c for c in args.categories.split(",") if c]
         if seeds is not None:
@@ -275,12 +270,12 @@ def load_bench_study(args: argparse.Namespace):
         if extra_corruptions:
             cfg.corruptions = [*cfg.corruptions, *extra_corruptions]
         _apply_method_overrides(cfg, args, study_mode)
+        for method in cfg.methods:  # a bad resize/crop stops here, before any run
+            _transform(method, cfg.resize, cfg.crop)
         if not cfg.methods:
             del study.experiments[name]
     if not study.experiments:
         raise ConfigError(f"--methods {args.methods}: none of these methods is in the study")
-    if base.crop == 0:
-        base.crop = None
     return study
 
 

@@ -274,9 +274,7 @@ def parse_config(raw: dict[str, Any], where: str = "config", *, skip_missing: bo
         for s in cfg.seeds:
             _int(f"{where}: seeds", s, 0, none_ok=False)
     cfg.resize = _int(f"{where}: resize", cfg.resize, 1)
-    cfg.crop = _int(f"{where}: crop", cfg.crop, 0)
-    if cfg.crop == 0:
-        cfg.crop = None
+    cfg.crop = _int(f"{where}: crop", cfg.crop, 0)  # 0 = no crop (flawmap.data.preprocessing)
     cfg.max_train = _int(f"{where}: max_train", cfg.max_train, 1)
     if not isinstance(cfg.clean, bool):
         raise ConfigError(f"{where}: clean must be true or false; got {cfg.clean!r}")

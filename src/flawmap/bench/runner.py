@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data import Split, Transform, load_split, scan_category
+from ..data import Split, Transform, load_split, preprocessing, scan_category
 from ..metrics import evaluate
 from ..registry import detector_class, get_detector
 from ..types import AnomalyResult
@@ -46,8 +46,8 @@ class RunSpec:
     category: str
     data_root: str
     params: dict[str, Any] = field(default_factory=dict)
-    resize: int | None = None  # None: the method's paper preprocessing
-    crop: int | None = None
+    resize: int | None = None  # None: the method's paper setting (flawmap.data.preprocessing)
+    crop: int | None = None  # None: the paper setting; 0: no crop
     max_train: int | None = None  # use only the first N training images (quick runs)
     corruption: str | None = None  # test-time corruption (flawmap.data.corruptions); None = clean
     severity: int = 0  # 1..5 when corruption is set
@@ -55,10 +55,7 @@ class RunSpec:
     corruption_seed: int = 0
 
     def transform(self) -> Transform:
-        paper = detector_class(self.method).paper_transform
-        if self.resize is None:
-            return Transform(resize=paper["resize"], crop=paper["crop"])
-        return Transform(resize=self.resize, crop=self.crop)
+        return preprocessing(detector_class(self.method).paper_transform, self.resize, self.crop)
 
     def full_params(self) -> dict[str, Any]:
         return {**detector_class(self.method).default_params(), **self.params}

@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..data import Transform, preprocessing
 from ..errors import ConfigError
 from ..metrics import METRIC_KEYS, evaluate
 from ..registry import detector_class, get_detector
-from .runner import RunSpec, SplitCache, format_table
+from .runner import SplitCache, format_table
 from .store import write_csv
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ class TuneConfig:
     storage: str | None = None
     study_name: str | None = None
     feature_cache: str | bool | None = None
+
+    def transform(self) -> Transform:
+        """The preprocessing of every trial (flawmap.data.preprocessing: unset = the paper setting, crop 0 = none)."""
+        return preprocessing(detector_class(self.method).paper_transform, self.resize, self.crop)
 
 
 def parse_search(method: str, raw: Any, where: str = "search") -> dict[str, dict[str, Any]]:
@@ -191,8 +196,7 @@ def load_tune_config(args: argparse.Namespace) -> TuneConfig:
         raise ConfigError(f"trials must be an integer >= 0; got {cfg.trials!r}")
     if not isinstance(cfg.val_fraction, (int, float)) or not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in (0, 1); got {cfg.val_fraction!r}")
-    if cfg.crop == 0:
-        cfg.crop = None
+    cfg.transform()  # a bad resize/crop stops here, before any trial
     return cfg
 
 
@@ -264,8 +268,7 @@ def run_tune(cfg: TuneConfig, echo=print) -> dict[str, Any]:
     splits = SplitCache()
     parts: dict[str, tuple[Any, Any, Any]] = {}
     for cat in cats:
-        spec = RunSpec(cfg.method, cat, data_root, {}, cfg.resize, cfg.crop, cfg.max_train)
-        tf = spec.transform()
+        tf = cfg.transform()
         train = splits.get(data_root, cat, "train", tf)
         test = splits.get(data_root, cat, "test", tf)
         v_idx, h_idx = stratified_split(test.labels, cfg.val_fraction, cfg.seed)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .images import IMAGE_SUFFIXES, load_image, load_mask
-from .mvtec import CategoryData, Sample, Split, Transform, list_categories, load_split, scan_category
+from .mvtec import CategoryData, Sample, Split, Transform, list_categories, load_split, preprocessing, scan_category
 from .synthetic import default_synthetic_root, ensure_synthetic_dataset, make_synthetic_mvtec
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "load_mask",
     "load_split",
     "make_synthetic_mvtec",
+    "preprocessing",
     "scan_category",
 ]

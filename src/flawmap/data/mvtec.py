@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -197,6 +197,31 @@ class Transform:
             raise ConfigError(f"unknown Transform keys {sorted(unknown)}; allowed: resize, crop")
         conv = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
         return cls(resize=conv(d.get("resize", 256)), crop=conv(d.get("crop")))
+
+
+def preprocessing(paper: Transform | Mapping[str, Any], resize: int | None = None, crop: int | None = None) -> Transform:
+    """The one rule that turns user-given ``resize`` / ``crop`` into the Transform every command uses.
+
+    ``paper`` is the method's paper preprocessing (``BaseDetector.paper_transform``). A value that is not
+    given (None) is the paper's; ``crop=0`` means no crop. So ``resize=300`` alone keeps the paper crop,
+    ``crop=200`` alone keeps the paper resize. ``resize`` must be an integer >= 1, ``crop`` an integer >= 0,
+    and a crop larger than the resize is an error (ConfigError naming the allowed values).
+    """
+    if not isinstance(paper, Transform):
+        paper = Transform.from_dict(dict(paper))
+    for name, v, low in (("resize", resize, 1), ("crop", crop, 0)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not low <= v <= _MAX_SIDE):
+            zero = " (0 = no crop)" if name == "crop" else ""
+            raise ConfigError(f"{name} must be an integer in [{low}, {_MAX_SIDE}]{zero} or unset for the paper "
+                              f"setting ({getattr(paper, name)!r}); got {v!r}")
+    tf = Transform(resize=paper.resize if resize is None else int(resize),
+                   crop=paper.crop if crop is None else (int(crop) or None))
+    if tf.crop is not None and tf.resize is not None and (
+            _pair(tf.crop)[0] > _pair(tf.resize)[0] or _pair(tf.crop)[1] > _pair(tf.resize)[1]):
+        raise ConfigError(f"crop {tf.crop!r} must not exceed resize {tf.resize!r}; give a crop <= the resize, "
+                          "or crop 0 for no crop")
+    tf.validate()
+    return tf
 
 
 @dataclass
