@@ -27,6 +27,29 @@ def test_every_option_is_documented() -> None:
                 assert action.help, f"flawmap {name}: option {action.option_strings or action.dest} has no help"
 
 
+@pytest.mark.parametrize("argv,verbose,no_progress", [
+    (["list"], False, False),
+    (["--no-progress", "list"], False, True),
+    (["list", "--no-progress"], False, True),
+    (["bench", "--no-progress", "-v"], True, True),
+    (["-v", "bench", "--no-progress"], True, True),
+    (["--no-progress", "-v", "tune"], True, True),
+])
+def test_global_flags_before_or_after_the_command(argv: list[str], verbose: bool, no_progress: bool) -> None:
+    args = build_parser().parse_args(argv)
+    assert (args.verbose, args.no_progress) == (verbose, no_progress)
+
+
+def test_no_progress_after_the_command_turns_bars_off(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import flawmap.progress as progress
+
+    seen: list[bool | None] = []
+    monkeypatch.setattr(progress, "set_progress", seen.append)
+    assert main(["list", "--no-progress"]) == 0 and main(["list"]) == 0
+    assert seen == [False, True]
+
+
 @pytest.mark.parametrize("cmd", ["fit", "predict", "test", "bench", "list"])
 def test_help(cmd: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:

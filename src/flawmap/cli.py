@@ -361,11 +361,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # ---- entry point --------------------------------------------------------------------------------
+def _add_global_args(p: argparse.ArgumentParser, default: Any = False) -> None:
+    """The flags of every command, before or after its name (`flawmap -v bench` = `flawmap bench -v`). In the
+    subcommand parsers default=SUPPRESS, so that an absent flag there keeps the value given before the name."""
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="log progress details (INFO level)")
+    p.add_argument("--no-progress", action="store_true", default=default, help="hide progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="flawmap", description="Unsupervised visual anomaly detection and segmentation.")
     ap.add_argument("--version", action="version", version=f"flawmap {__version__}")
-    ap.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO level)")
-    ap.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_global_args(ap)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("fit", help="fit a detector on a category's good training images and save it")
@@ -484,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list methods and backbones, or a method's hyperparameters")
     p.add_argument("--params", metavar="METHOD", default=None, help="show METHOD's hyperparameters and defaults")
     p.set_defaults(func=cmd_list)
+    for p in sub.choices.values():  # global flags are accepted after the subcommand too
+        _add_global_args(p, default=argparse.SUPPRESS)
     return ap
 
 
