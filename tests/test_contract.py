@@ -13,6 +13,8 @@ from flawmap import get_detector, list_detectors, load_detector
 from flawmap.errors import ConfigError, NotFittedError
 from flawmap.registry import detector_class
 
+#: the five published methods; the contract tests below run over exactly these
+METHODS = ("fastflow", "padim", "patchcore", "riad", "spade")
 DETECTORS = list_detectors()
 
 
@@ -29,7 +31,24 @@ def fitted(tiny_data):
 
 
 def test_all_methods_registered() -> None:
-    assert {"patchcore"} <= set(DETECTORS)
+    assert tuple(DETECTORS) == METHODS
+
+
+def test_a_detector_module_that_fails_to_import_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from flawmap import registry
+
+    real = importlib.import_module
+
+    def broken(name: str, *a: object):
+        if name == "flawmap.detectors.spade":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real(name, *a)
+
+    monkeypatch.setattr(registry.importlib, "import_module", broken)
+    with pytest.raises(ModuleNotFoundError, match="flawmap.detectors.spade"):
+        registry.list_detectors()
 
 
 @pytest.mark.parametrize("name", DETECTORS)

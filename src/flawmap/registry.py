@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from .base import BaseDetector
 
 _REGISTRY: dict[str, type[BaseDetector]] = {}
-# Built-in detectors live in flawmap.detectors.<name>; imported lazily on first lookup.
+# Built-in detectors live in flawmap.detectors.<name>; imported lazily on first lookup. A built-in module that
+# is missing or fails to import is an error (the ImportError propagates): the registry never shrinks silently.
 _BUILTIN = ("patchcore", "padim", "spade", "fastflow", "riad")
 
 D = TypeVar("D", bound="type[BaseDetector]")
@@ -30,11 +31,7 @@ def register_detector(name: str) -> Callable[[D], D]:
 
 def _load_builtins() -> None:
     for mod in _BUILTIN:
-        try:
-            importlib.import_module(f"flawmap.detectors.{mod}")
-        except ModuleNotFoundError as exc:  # a detector not written yet
-            if exc.name != f"flawmap.detectors.{mod}":
-                raise
+        importlib.import_module(f"flawmap.detectors.{mod}")
 
 
 def list_detectors() -> list[str]:
