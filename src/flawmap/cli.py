@@ -405,8 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="optional YAML config (keys: data, categories, methods{name: {params, grid, "
                    "variants}}, backbones, resize, crop, seeds, max_train, corruptions, clean, out, executor, workers, "
                    "feature_cache, gallery, report; or a study with experiments: {name: {...}}); flags override it")
-    p.add_argument("--study", default=None, metavar="NAME", help="run a study preset: configs/study_NAME.yaml "
-                   "(e.g. `--study seed`, every experiment of the original study) or a study YAML path")
+    p.add_argument("--study", default=None, metavar="NAME", help="run a study preset: study_NAME.yaml from ./configs or "
+                   "the presets shipped with flawmap (e.g. `--study seed`, every experiment of the original study) or a study YAML path")
     p.add_argument("--data", default=None, help="MVTec-layout root (default: the embedded synthetic dataset, no download)")
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all under --data)")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: patchcore; with --study: "

@@ -4,6 +4,10 @@ studies (experiments, shared runs, unregistered methods skipped); the `seed` pre
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,7 +99,7 @@ def test_study_shares_runs_and_skips_unregistered(synthetic_root, caplog: pytest
 
 def test_seed_preset_names_real_parameters(synthetic_root) -> None:
     path = preset_path("seed")
-    assert path == REPO / "configs" / "study_seed.yaml"
+    assert path == REPO / "src" / "flawmap" / "configs" / "study_seed.yaml"
     study = load_study(path)
     assert study.is_study and study.name == "seed"
     expected = {"comparison", "spade_k", "padim_backbone_layers", "patchcore_patch_coreset", "riad_image_batch",
@@ -114,3 +118,25 @@ def test_seed_preset_names_real_parameters(synthetic_root) -> None:
     assert noisy and {s.p for s in noisy} == {0.3}
     with pytest.raises(ConfigError, match="available: seed"):
         preset_path("nope")
+
+
+def test_seed_preset_from_a_non_editable_install(tmp_path: Path) -> None:
+    """The presets are package data: `--study seed` works from an installed copy, run from another folder."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / f, src / f)
+    target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(src)], check=True, capture_output=True, timeout=300)
+    code = ("import flawmap, pathlib; from flawmap.bench.config import load_study, preset_path; "
+            f"assert pathlib.Path(flawmap.__file__).is_relative_to({str(target)!r}), flawmap.__file__; "
+            "p = preset_path('seed'); s = load_study(p); print(p); print(s.name, sorted(s.experiments))")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    path, line = out.stdout.splitlines()
+    assert Path(path).is_relative_to(target) and line.startswith("seed [")
+    assert "comparison" in line

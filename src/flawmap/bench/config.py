@@ -28,6 +28,7 @@ methods that are still being written); in a plain config they are an error.
 
 from __future__ import annotations
 
+import importlib.resources
 import itertools
 import logging
 from dataclasses import dataclass, field, replace
@@ -371,12 +372,13 @@ def load_study(path: str | Path) -> StudyConfig:
 
 
 def _preset_dirs() -> list[Path]:
-    dirs = [Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs"]
-    return list(dict.fromkeys(d.resolve() for d in dirs))
+    """./configs (a user's own presets), then the presets shipped as package data (flawmap/configs)."""
+    shipped = Path(str(importlib.resources.files("flawmap") / "configs"))  # installed as plain files (setuptools)
+    return list(dict.fromkeys(d.resolve() for d in (Path.cwd() / "configs", shipped)))
 
 
 def preset_path(name: str) -> Path:
-    """``--study NAME``: a YAML path, or configs/study_NAME.yaml (current folder, then the source tree)."""
+    """``--study NAME``: a YAML path, or study_NAME.yaml in ./configs, then in the presets shipped with flawmap."""
     p = Path(name)
     if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
