@@ -14,9 +14,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Sequence
 
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .device import resolve_device
 from .errors import ConfigError, ModelFileError, NotFittedError
+from .io import atomic_replace_dir, check_replaceable, check_writable
 from .progress import progress
 from .types import AnomalyResult
 
@@ -70,6 +70,8 @@ def check_range(name: str, value: Any, low: float | None = None, high: float | N
         raise ConfigError(f"{name} must be an integer; got {value!r}")
     if not integer and (isinstance(value, bool) or not isinstance(value, (int, float, np.number))):
         raise ConfigError(f"{name} must be a number; got {value!r}")
+    if not integer and not math.isfinite(float(value)):
+        raise ConfigError(f"{name}={value!r} is not allowed; it must be a finite number")
     bad = (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
     if bad:
         lo = "-inf" if low is None else f"{low}"
@@ -134,9 +136,18 @@ class BaseDetector:
     def device_(self) -> torch.device:
         return resolve_device(getattr(self, "device", "auto"))
 
+    def validate_params(self) -> None:
+        """Raise ConfigError for any bad parameter: NaN/inf in any float value (also inside lists),
+        then the method's own checks (``_validate_params``)."""
+        for k, v in self.get_params().items():
+            values = v if isinstance(v, (list, tuple)) else [v]
+            if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+                raise ConfigError(f"{self.name}: {k}={v!r} is not allowed; it must be a finite number")
+        self._validate_params()
+
     def fit(self, images: Any) -> BaseDetector:
         """Learn what normal looks like from good images (N, 3, H, W) in [0, 1]."""
-        self._validate_params()
+        self.validate_params()
         x = as_images(images)
         self._clear_state()
         self._setup()
@@ -197,14 +208,19 @@ class BaseDetector:
             meta[k] = list(v) if isinstance(v, tuple) else v
         return meta
 
-    def save(self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+    def save(self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None, *,
+             overwrite: bool = True) -> Path:
         """Write the fitted detector to a folder: config.json + model.safetensors (no pickle).
 
-        The folder is written under a temporary name and renamed at the end, so a crash never
-        leaves a half-written model behind.
+        The folder is built under a temporary name and then exchanged with ``path`` in one step
+        (``flawmap.io.atomic_replace_dir``): a crash or kill never leaves a half-written model, and
+        never leaves nothing at ``path``. Only a missing path, an empty folder or an existing flawmap
+        model folder (the latter only with ``overwrite``) is replaced; anything else raises
+        OutputError and is left untouched (``check_save_target``).
         """
         self.check_is_fitted()
         path = Path(path)
+        check_save_target(path, overwrite)
         tensors = {k: t.detach().cpu().contiguous() for k, t in self.state_tensors().items()}
         config = {
             "format": MODEL_FORMAT,
@@ -215,21 +231,12 @@ class BaseDetector:
             "state": self.state_meta(),
             "extra": extra or {},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+
+        def build(tmp: Path) -> None:
             save_file(tensors, str(tmp / TENSORS_NAME))
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        atomic_replace_dir(path, build)
         return path
 
     def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -265,8 +272,71 @@ def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def is_model_folder(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a folder written by ``save``: only config.json (a flawmap detector file)
+    and model.safetensors. Only such a folder is ever replaced by ``save``."""
+    path = Path(path)
+    try:
+        names = {p.name for p in path.iterdir()}
+        if not names or not names <= {CONFIG_NAME, TENSORS_NAME} or CONFIG_NAME not in names:
+            return False
+        config = json.loads((path / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == MODEL_FORMAT
+
+
+def check_save_target(path: str | os.PathLike[str], overwrite: bool = True) -> None:
+    """The rule for what ``save`` may write over (raises OutputError; see ``flawmap.io.check_replaceable``):
+    nothing, an empty folder, or (``overwrite``) a flawmap model folder; and the parent folder must be
+    writable. The CLI calls it before fitting, so a refused --out costs no fit."""
+    path = Path(path)
+    check_replaceable(path, is_model_folder, "flawmap model folder", overwrite)
+    check_writable(path.parent)
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_config_schema(config: dict[str, Any], cfg_path: Path) -> None:
+    """Types of every field of config.json; an error names the field and what it must be."""
+    from .registry import list_detectors
+
+    def bad(field: str, must: str) -> ModelFileError:
+        got = config
+        for part in field.split("."):
+            got = got.get(part) if isinstance(got, dict) else None
+        return ModelFileError(f"{cfg_path}: field {field!r} must be {must}; got {got!r}")
+
+    if not isinstance(config.get("detector"), str) or config["detector"] not in list_detectors():
+        raise bad("detector", f"one of {', '.join(list_detectors())}")
+    for key in ("params", "state", "extra"):
+        if not isinstance(config.get(key, {}), dict):
+            raise bad(key, "a JSON object {name: value}")
+    if "params" not in config:
+        raise ModelFileError(f"{cfg_path}: field 'params' is missing")
+    extra = config.get("extra", {})
+    if "transform" in extra:
+        from .data import Transform
+
+        tf = extra["transform"]
+        if not isinstance(tf, dict):
+            raise bad("extra.transform", "an object {resize: int, crop: int or null}")
+        try:
+            Transform.from_dict(tf).validate()
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{cfg_path}: field 'extra.transform' is invalid: {exc}") from None
+    if extra.get("threshold") is not None and not _finite_number(extra["threshold"]):
+        raise bad("extra.threshold", "a finite number or null")
+    mr = extra.get("map_range")
+    if mr is not None and not (isinstance(mr, list) and len(mr) == 2 and all(_finite_number(v) for v in mr)):
+        raise bad("extra.map_range", "a list of two finite numbers [low, high] or null")
+
+
 def read_model_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON config of a saved model folder (checked for format and version)."""
+    """The JSON config of a saved model folder, checked for format, version and the type of every
+    field (a hand-edited file fails here with the name of the wrong field)."""
     path = Path(path)
     cfg_path, ten_path = path / CONFIG_NAME, path / TENSORS_NAME
     if not cfg_path.is_file() or not ten_path.is_file():
@@ -283,33 +353,60 @@ def read_model_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{config.get('flawmap_version')}) is not supported by flawmap {__version__} "
             f"(format version {MODEL_FORMAT_VERSION}); refit the model with this version"
         )
+    _check_config_schema(config, cfg_path)
     return config
 
 
 def load_detector(path: str | os.PathLike[str], device: str | None = None) -> BaseDetector:
-    """Load a detector saved with ``save``. Reads JSON and safetensors only: never executes code."""
+    """Load a detector saved with ``save``. Reads JSON and safetensors only: never executes code.
+
+    The parameters are validated like at fit, the tensors must match the modules the parameters
+    build, and when the model records its preprocessing (``extra.transform``, as ``flawmap fit``
+    does) one blank image is scored, so tensors that do not fit the parameters (an edited backbone,
+    reshaped tensors) fail here with ModelFileError instead of later, mid-prediction.
+    """
     from .registry import detector_class
 
     path = Path(path)
     config = read_model_config(path)
-    ten_path = path / TENSORS_NAME
+    cfg_path, ten_path = path / CONFIG_NAME, path / TENSORS_NAME
     # JSON has no tuples: sequence parameters come back as lists
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in config["params"].items()}
     if device is not None and "device" in params:
         params["device"] = device
     cls = detector_class(config["detector"])
+    if unknown := sorted(set(params) - set(cls.param_names())):
+        raise ModelFileError(f"{cfg_path}: field 'params' has unknown parameter(s) {unknown} for {cls.name}; "
+                             f"allowed: {', '.join(cls.param_names())}")
     try:
         det = cls(**params)
-    except TypeError as exc:
-        raise ModelFileError(f"{path}: parameters do not match {cls.__name__} ({exc})") from None
+        det.validate_params()
+    except (TypeError, ConfigError) as exc:
+        raise ModelFileError(f"{cfg_path}: field 'params' is invalid for {cls.name}: {exc}") from None
     try:
         tensors = load_file(str(ten_path))
     except Exception as exc:  # safetensors raises its own error types
         raise ModelFileError(f"{ten_path}: unreadable safetensors file ({exc})") from None
-    det._validate_params()
     det._setup()
-    det._load_state(tensors, config.get("state", {}))
+    try:
+        det._load_state(tensors, config.get("state", {}))
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(f"{ten_path}: the tensors do not match the parameters in {CONFIG_NAME} "
+                             f"({str(exc).splitlines()[0]})") from None
     det.fitted_ = True
+    tf = config.get("extra", {}).get("transform")
+    if tf is not None:
+        from .data import Transform
+
+        h, w = Transform.from_dict(tf).output_size
+        try:
+            with torch.no_grad():
+                det._predict(torch.zeros(1, 3, h, w))
+        except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+            raise ModelFileError(f"{path}: the tensors in {TENSORS_NAME} do not fit the parameters in {CONFIG_NAME} "
+                                 f"(was a parameter such as the backbone edited?): {str(exc).splitlines()[0]}") from None
     return det
 
 

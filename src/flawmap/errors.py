@@ -25,3 +25,7 @@ class WeightsNotFoundError(FlawmapError, FileNotFoundError):
 
 class ModelFileError(FlawmapError, ValueError):
     """A saved model file is invalid or from an incompatible version."""
+
+
+class OutputError(FlawmapError, OSError):
+    """An output path cannot be written, or holds something flawmap refuses to overwrite."""

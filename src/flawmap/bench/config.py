@@ -403,6 +403,6 @@ def validate_specs(specs: list[RunSpec]) -> None:
         seen.add(ident)
         det = detector_class(s.method)(**s.params)
         try:
-            det._validate_params()
+            det.validate_params()
         except ConfigError as exc:
             raise ConfigError(f"{s.method} {dict(s.params)}: {exc}") from None

@@ -16,9 +16,10 @@ import csv
 import json
 import os
 import sqlite3
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from ..io import atomic_write
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -124,17 +125,14 @@ def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike[str], first: t
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cols = columns(rows, first)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
             for r in rows:
                 w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     return path
 
 
@@ -159,14 +157,7 @@ def write_parquet(rows: list[dict[str, Any]], path: str | os.PathLike[str], firs
         elif len(kinds) > 1:
             vals = [None if v is None else str(v) for v in vals]
         data[c] = vals
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(pa.table(data), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: pq.write_table(pa.table(data), tmp))
     return path
 
 

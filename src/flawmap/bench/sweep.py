@@ -10,9 +10,6 @@ the row is stored, so a stored run always has its pictures), ``<out>/artifacts/c
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import Any, Callable
 
 from ..data import Transform, load_image, scan_category
 from ..errors import ConfigError
+from ..io import atomic_replace_dir, atomic_write, atomic_write_text
 from .config import StudyConfig, validate_specs
 from .executors import LocalExecutor, RayExecutor, RunFailure
 from .runner import FIRST_COLUMNS, RunOptions, RunOutput, RunSpec, format_table, group_specs
@@ -47,23 +45,13 @@ def write_artifacts(out: Path, run_key: str, files: dict[str, bytes]) -> Path | 
     """Write a run's artifact files into <out>/artifacts/<run_key>/ atomically (temp folder + rename)."""
     if not files:
         return None
-    root = out / ARTIFACTS
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / run_key
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_key}.tmp-", dir=root))
-    try:
+    final = out / ARTIFACTS / run_key
+
+    def build(tmp: Path) -> None:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        if final.exists():
-            old = root / f".{run_key}.old-{os.getpid()}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_replace_dir(final, build)
     return final
 
 
@@ -89,10 +77,9 @@ def corruption_pictures(out: Path, specs: list[RunSpec], size: int = 224) -> lis
     for stem, x in pictures.items():
         path = folder / f"{stem}.png"
         if not path.is_file():
-            tmp = save_png(to_uint8_image(x[0].numpy()), folder / f".{stem}.tmp.png")
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp, x=x: save_png(to_uint8_image(x[0].numpy()), tmp))
             written.append(path)
-    (folder / "source.txt").write_text(f"{sample.path}\n")
+    atomic_write_text(folder / "source.txt", f"{sample.path}\n")
     return written
 
 

@@ -26,6 +26,7 @@ import yaml
 
 from ..data import Transform, preprocessing
 from ..errors import ConfigError
+from ..io import atomic_write_text
 from ..metrics import METRIC_KEYS, evaluate
 from ..registry import detector_class, get_detector
 from .runner import SplitCache, format_table
@@ -337,9 +338,7 @@ def run_tune(cfg: TuneConfig, echo=print) -> dict[str, Any]:
                "best": {"trial": best.number, "validation_value": best.value, "params": best_params},
                "final": final}
     path = out / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(summary, indent=2, default=str))
     echo(f"summary: {path}; trials: {out / (name + '_trials.csv')}")
     return summary
 

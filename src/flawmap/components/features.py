@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..io import atomic_write
 from ..progress import progress
 from .backbones import FeatureExtractor
 
@@ -87,16 +87,8 @@ class FeatureCache:
             return None
 
     def save(self, path: Path, tensor: torch.Tensor, meta: dict[str, str]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:16]}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({"features": tensor.contiguous()}, tmp, metadata=meta)
-            os.replace(tmp, path)
-            self.stats.bytes_written += path.stat().st_size
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: save_file({"features": tensor.contiguous()}, str(tmp), metadata=meta))
+        self.stats.bytes_written += path.stat().st_size
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.directory.rglob("*.safetensors")) if self.directory.is_dir() else 0

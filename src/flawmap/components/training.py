@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import ConfigError, ModelFileError
+from ..io import atomic_write
 from ..progress import bar
 
 log = logging.getLogger(__name__)
@@ -129,16 +129,6 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, 
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Adam state -> tensors {"optim.<param>.<key>"} + JSON (param groups, non-tensor state)."""
     sd = opt.state_dict()
@@ -198,7 +188,7 @@ def save_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, 
     if st.best_state is not None:
         tensors.update({f"best.{k}": v for k, v in st.best_state.items()})
     name = f"ckpt-{st.epoch:06d}.safetensors"
-    _write_atomic(folder / name, lambda p: save_file(tensors, str(p), metadata={"config_hash": chash}))
+    atomic_write(folder / name, lambda p: save_file(tensors, str(p), metadata={"config_hash": chash}))
     meta = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config_hash": chash,
         "epoch": st.epoch, "tensors": name,
@@ -208,7 +198,7 @@ def save_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, 
         "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs, "stopped_early": st.stopped_early,
         "optimizer": opt_meta,
     }
-    _write_atomic(folder / CHECKPOINT_JSON, lambda p: p.write_text(json.dumps(meta)))
+    atomic_write(folder / CHECKPOINT_JSON, lambda p: p.write_text(json.dumps(meta)))
     for old in folder.glob("ckpt-*.safetensors"):  # tensors files no JSON points to any more
         if old.name != name:
             old.unlink(missing_ok=True)

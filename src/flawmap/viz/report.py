@@ -25,7 +25,6 @@ import itertools
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 from .. import __version__
 from ..bench.store import read_rows
 from ..errors import DataError
+from ..io import atomic_replace_dir, check_replaceable, check_writable
 from . import plots
 
 log = logging.getLogger(__name__)
@@ -528,11 +528,24 @@ def _head_html(title: str, body: str, toc: list[tuple[str, str]]) -> str:
             f"<h1>{html.escape(title)}</h1>{nav}{body}</body></html>\n")
 
 
+REPORT_TITLE = "flawmap benchmark report"
+
+
+def is_report_folder(path: Path) -> bool:
+    """True for a folder written by ``build_report`` (index.html with its title, and report.md)."""
+    index = path / "index.html"
+    try:
+        return (path / "report.md").is_file() and index.is_file() and REPORT_TITLE in index.read_text()[:2000]
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def build_report(results: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
     """Write the report folder for a results.sqlite / results.csv / bench folder; returns index.html.
 
-    The folder is built under a temporary name and renamed at the end (a failed build leaves the
-    previous report untouched).
+    The folder is built under a temporary name and then exchanged with ``out_dir`` in one step (a
+    failed build leaves the previous report untouched). ``out_dir`` must be missing, empty or a
+    previous report (``is_report_folder``); any other folder is refused (OutputError), never deleted.
     """
     rows, details, folder = read_rows(results)
     if not rows:
@@ -540,9 +553,10 @@ def build_report(results: str | os.PathLike[str], out_dir: str | os.PathLike[str
     for r in rows:
         r.setdefault("corruption", "none")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    check_replaceable(out_dir, is_report_folder, "flawmap report folder", force_flag="a new -o folder")
+    check_writable(out_dir.parent)
+
+    def build(tmp: Path) -> None:
         page = Page(tmp)
         cats = sorted({r["category"] for r in rows})
         methods = _order(r["method"] for r in rows)
@@ -568,19 +582,11 @@ def build_report(results: str | os.PathLike[str], out_dir: str | os.PathLike[str
         page.text(f"Every run with its full configuration: tables/results.csv ({len(rows)} rows).")
         _write_rows_csv(rows, tmp / "tables" / "results.csv")
         page.html.append('<p class="csv"><a href="tables/results.csv">results.csv</a></p>')
-        title = "flawmap benchmark report"
+        title = REPORT_TITLE
         (tmp / "index.html").write_text(_head_html(title, "\n".join(page.html), page.toc))
         (tmp / "report.md").write_text(f"# {title}\n\n" + "\n".join(page.md))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_replace_dir(out_dir, build)
     return out_dir / "index.html"
 
 
