@@ -111,8 +111,48 @@ def test_patchcore_paper_maths_on_tiny_bank() -> None:
     scores, maps = det._predict(torch.zeros(1, 3, 1, 2))
     # patch distances: 0.1 (to m0), 2.0 (to m1 or m2: m1 is at 2.0, m2 at 2.0 -> m1 first)
     s_star = 2.0
-    nb = [1.0, 5.0]  # N_b(m*) for m*=[1,0], b=2: itself and [0,0] -> distances from m_test [3,0]: 2, 3
+    # N_b(m*) for m* = [1, 0], b = 2: itself and [0, 0] -> distances from m_test = [3, 0]: 2 and 3
     d = np.array([2.0, 3.0])
     w = 1 - np.exp(s_star) / np.exp(d).sum()
-    assert nb and scores.item() == pytest.approx(w * s_star, rel=1e-5)
+    assert scores.item() == pytest.approx(w * s_star, rel=1e-5)
     np.testing.assert_allclose(maps.numpy(), [[[0.1, 2.0]]], rtol=1e-5)
+
+
+def _f_agg_brute_force(f: torch.Tensor, p: int) -> torch.Tensor:
+    """Mean over the p x p neighbourhood of each position, neighbours outside the map left out."""
+    b, c, h, w = f.shape
+    out = torch.empty_like(f)
+    r = p // 2
+    for i in range(h):
+        for j in range(w):
+            win = f[:, :, max(i - r, 0):i + r + 1, max(j - r, 0):j + r + 1]
+            out[:, :, i, j] = win.mean(dim=(2, 3))
+    return out
+
+
+def _channel_pool_brute_force(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Adaptive average over channels: output i averages channels [floor(i c / D), ceil((i + 1) c / D))."""
+    c = x.shape[-1]
+    cols = [x[..., (i * c) // dim:-((-(i + 1) * c) // dim)].mean(dim=-1) for i in range(dim)]
+    return torch.stack(cols, dim=-1)
+
+
+@pytest.mark.parametrize("patch_size", [1, 3, 5])
+def test_patchcore_embed_is_f_agg_then_concat_then_channel_pooling(patch_size: int) -> None:
+    """PatchCore._embed on tiny tensors against loops: f_agg per layer, the coarser layer upsampled to
+    the finest grid, concatenation, then the projection to embedding_dim by channel averaging."""
+    from flawmap.detectors.patchcore import PatchCore
+
+    g = torch.Generator().manual_seed(0)
+    fine = torch.rand(2, 3, 6, 5, generator=g)  # (B, C1, h, w) stride-8 stage
+    coarse = torch.rand(2, 4, 3, 3, generator=g)  # (B, C2, h', w') stride-16 stage
+    det = PatchCore(patch_size=patch_size, embedding_dim=5)
+    emb = det._embed({"layer2": fine, "layer3": coarse})
+    assert emb.shape == (2, 6, 5, 5)
+    up = torch.nn.functional.interpolate(_f_agg_brute_force(coarse, patch_size), size=(6, 5), mode="bilinear",
+                                         align_corners=False)
+    cat = torch.cat([_f_agg_brute_force(fine, patch_size), up], dim=1).permute(0, 2, 3, 1)  # (B, h, w, 7)
+    torch.testing.assert_close(emb, _channel_pool_brute_force(cat, 5), rtol=1e-5, atol=1e-6)
+    # without the projection (D >= channels) the concatenated features come out unchanged
+    wide = PatchCore(patch_size=patch_size, embedding_dim=64)._embed({"layer2": fine, "layer3": coarse})
+    torch.testing.assert_close(wide, cat, rtol=1e-5, atol=1e-6)

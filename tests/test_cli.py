@@ -93,8 +93,16 @@ def test_fit_predict_test(synthetic_root: Path, tmp_path: Path, capsys: pytest.C
     rows = list(csv.DictReader(open(out / "scores.csv")))
     assert len(rows) == 1 + len(list((test_dir / "scratch").iterdir()))
     assert all((out / r["overlay"]).is_file() for r in rows)
+    capsys.readouterr()
     assert main(["test", str(model), "--data", str(synthetic_root), "--category", "object"]) == 0
-    assert "image_auroc" in capsys.readouterr().out
+    header, rule, *body = capsys.readouterr().out.strip().splitlines()
+    assert set(rule) <= {"-", " "} and len(body) == 1
+    row = dict(zip(header.split(), body[0].split(), strict=True))
+    assert (row["method"], row["category"], row["backbone"]) == ("patchcore", "object", "efficientnet_lite0")
+    metrics = {k: float(row[k]) for k in ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1")}  # no n/a
+    assert all(0.0 <= v <= 1.0 for v in metrics.values()), metrics
+    assert metrics["image_auroc"] > 0.8 and metrics["pixel_auroc"] > 0.8, metrics
+    assert float(row["predict_seconds_per_image"]) > 0
 
 
 def test_corrupt_train_image_leaves_no_model(synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
