@@ -16,6 +16,7 @@ import timm
 import torch
 import torchvision
 from PIL import Image
+from skimage import data as skimage_data  # scikit-image is in the dev extra: the ImageNet check never skips
 
 from flawmap.components import backbones as bb
 from flawmap.errors import ConfigError, ModelFileError, WeightsNotFoundError
@@ -106,7 +107,6 @@ def test_list_backbones():
 
 @pytest.mark.parametrize("name,res", [("efficientnet_lite0", 224), ("efficientnet_lite2", 260)])
 def test_lite_weights_classify_imagenet(name, res):
-    skimage_data = pytest.importorskip("skimage.data")
     model = bb.load_efficientnet_lite_classifier(name)
     cfg = model.pretrained_cfg
     assert cfg["mean"] == (0.5, 0.5, 0.5) and cfg["std"] == (0.5, 0.5, 0.5) and cfg["input_size"][-1] == res

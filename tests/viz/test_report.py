@@ -67,14 +67,34 @@ def test_study_runs_shared_once_and_skips_unregistered(study_out) -> None:
     assert all(r["fit_key"] == shared[0]["run_key"] for r in noisy)  # one fit, three test sets
     sweep = [r for r in rows if "patchcore_sweep" in r["experiment"] and r["method"] == "patchcore"]
     assert sum(int(r["feature_cache_hits"]) > 0 for r in sweep) >= 2  # later sweep points reuse the features
-    assert (out / "results.parquet").is_file() or not _has("pyarrow")
+    assert (out / "results.parquet").is_file()  # pyarrow is in the dev extra: never skipped
     assert (out / "report" / "index.html").is_file()  # a study writes its report
 
 
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
+def test_report_tables_hold_the_stored_values(report: Path, study_out) -> None:
+    """Every cell of the comparison and timing tables (CSV, Markdown) is the value of the stored run it shows."""
+    out, _ = study_out
+    stored = {r["method"]: r for r in csv.DictReader(open(out / "results.csv"))
+              if "comparison" in r["experiment"].split(";") and r["corruption"] == "none"}
+    assert sorted(stored) == ["padim", "patchcore"]
+    md = (report / "report.md").read_text()
+    for metric in ("image_auroc", "pixel_auroc", "aupro"):
+        header, *body = list(csv.reader(open(report / "tables" / f"{metric}.csv")))
+        assert header == ["category", "patchcore", "padim"] and [r[0] for r in body] == ["object", "mean"]
+        for row in body:  # one category: its row and the mean row both hold the stored value
+            for method, cell in zip(header[1:], row[1:]):
+                assert float(cell) == pytest.approx(float(stored[method][metric]), abs=1e-12), (metric, method, row)
+        shown = [f"{float(stored[m][metric]):.3f}" for m in header[1:]]
+        section = md.split(f"[{metric}.csv]")[0].rsplit("| category |", 1)[1]
+        md_row = next(ln for ln in section.splitlines() if ln.startswith("| object |"))
+        assert [c.strip().strip("*") for c in md_row.strip("|").split("|")[1:]] == shown, md_row
+    header, *body = list(csv.reader(open(report / "tables" / "timing.csv")))
+    assert header[:4] == ["method", "fit (s)", "inference (ms / image)", "peak RSS (MiB)"]
+    for row in body:
+        r = stored[row[0]]
+        assert float(row[1]) == pytest.approx(float(r["fit_seconds"]), abs=1e-9)
+        assert float(row[2]) == pytest.approx(float(r["predict_seconds_per_image"]) * 1000, rel=1e-9)
+        assert float(row[3]) == pytest.approx(float(r["peak_rss_mb"]), abs=1e-9) and row[-1] == "1"
 
 
 @pytest.fixture(scope="module")
