@@ -140,7 +140,7 @@ def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if path := shutil.which(name):
             return path
-    pytest.fail("headless Chromium is needed for this test: apt-get install -y chromium (.ci/run installs it)")
+    pytest.fail("headless Chromium is needed for this test: apt-get install -y chromium (bash scripts/test installs it)")
 
 
 CHECK = """<script>window.__errs=[];
