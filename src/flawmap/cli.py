@@ -7,6 +7,7 @@ import csv
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,6 +38,21 @@ def parse_params(items: Sequence[str] | None, what: str = "--param") -> dict[str
     return out
 
 
+def _int_at_least(low: int):
+    """argparse type: an integer >= low (a usage error naming the flag otherwise, exit code 2)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}; got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}; got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--data", required=required, help="MVTec-layout root folder (<root>/<category>/train/good, test/, ground_truth/)")
     p.add_argument("--resize", type=int, default=None, help="resize images to this size (default: the method's paper setting)")
@@ -59,6 +75,7 @@ def _transform(method: str, resize: int | None, crop: int | None):
 
 # ---- commands -----------------------------------------------------------------------------------
 def cmd_fit(args: argparse.Namespace) -> int:
+    from .base import check_save_target
     from .data import load_split, scan_category
     from .metrics.thresholds import threshold_from_good
     from .registry import get_detector
@@ -67,6 +84,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.device:
         params["device"] = args.device
     det = get_detector(args.method, **params)
+    det.validate_params()
+    check_save_target(args.out, overwrite=args.force)  # before the fit: a refused or read-only --out costs nothing
     tf = _transform(args.method, args.resize, args.crop)
     data = scan_category(args.data, args.category)
     train = load_split(data, "train", tf)
@@ -84,7 +103,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "threshold": threshold_from_good(ref.maps.max(axis=(1, 2)), 0.99) if len(ref) > 1 else float(ref.maps.max()),
         "calibration": f"{len(ref)} training images (in-sample)",
     }
-    path = det.save(args.out, extra=extra)
+    path = det.save(args.out, extra=extra, overwrite=args.force)
     print(f"fitted {args.method} on {args.category} ({len(train)} images) in {fit_s:.1f} s -> {path}")
     return 0
 
@@ -108,43 +127,65 @@ def _collect_images(inputs: Sequence[str]) -> list[Path]:
     return files
 
 
+SCORES_CSV = "scores.csv"
+
+
+def is_predict_output(path: Path) -> bool:
+    """A folder written by `flawmap predict`: scores.csv and overlay PNGs, nothing else."""
+    names = [p.name for p in path.iterdir()]
+    return SCORES_CSV in names and all(n == SCORES_CSV or n.endswith("_overlay.png") for n in names)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from .base import load_detector, read_model_config
     from .data import Transform, load_image
+    from .data.images import check_image_size, warn_distorted
+    from .io import atomic_replace_dir, check_replaceable, check_writable
     from .progress import progress
     from .viz.heatmap import panel, save_png, to_uint8_image
 
+    out = Path(args.out)
+    # the output folder is replaced as a whole at the end: it must be new, empty or a previous predict output
+    check_replaceable(out, is_predict_output, "`flawmap predict` output folder (scores.csv + overlay PNGs)",
+                      force_flag="a new --out folder")
+    check_writable(out.parent)
     cfg = read_model_config(args.model)
     extra = cfg.get("extra", {})
     det = load_detector(args.model, device=args.device)
     tf = Transform.from_dict(extra.get("transform", {"resize": 256, "crop": None}))
     files = _collect_images(args.inputs)
-    vmin, vmax = extra.get("map_range", [None, None])
+    vmin, vmax = extra.get("map_range") or [None, None]
     threshold = args.threshold if args.threshold is not None else extra.get("threshold")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in progress(range(0, len(files), args.batch_size), desc="predict", total=-(-len(files) // args.batch_size)):
-        batch = files[i:i + args.batch_size]
-        x = torch.stack([tf(load_image(f)) for f in batch])
-        res = det.predict(x)
-        for f, img, s, m in zip(batch, x.numpy(), res.scores, res.maps):
-            lo = float(m.min()) if vmin is None else vmin
-            hi = float(m.max()) if vmax is None else vmax
-            name = f"{len(rows):04d}_{f.stem}_overlay.png"
-            save_png(panel(to_uint8_image(img), m, lo, hi, threshold), out / name)
-            rows.append({"path": str(f), "score": float(s), "max_pixel": float(m.max()),
-                         "anomalous": None if threshold is None else bool(m.max() >= threshold), "overlay": name})
-    with open(out / "scores.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    rows: list[dict[str, Any]] = []
+    distorted: list[Path] = []
+
+    def build(tmp: Path) -> None:  # every file goes to a temporary folder; a failure leaves --out as it was
+        for i in progress(range(0, len(files), args.batch_size), desc="predict",
+                          total=-(-len(files) // args.batch_size)):
+            batch = files[i:i + args.batch_size]
+            images = [check_image_size(load_image(f), f, tf.output_size, distorted) for f in batch]
+            x = torch.stack([tf(img) for img in images])
+            res = det.predict(x)
+            for f, img, s, m in zip(batch, x.numpy(), res.scores, res.maps):
+                lo = float(m.min()) if vmin is None else vmin
+                hi = float(m.max()) if vmax is None else vmax
+                name = f"{len(rows):04d}_{f.stem}_overlay.png"
+                save_png(panel(to_uint8_image(img), m, lo, hi, threshold), tmp / name)
+                rows.append({"path": str(f), "score": float(s), "max_pixel": float(m.max()),
+                             "anomalous": None if threshold is None else bool(m.max() >= threshold), "overlay": name})
+        with open(tmp / SCORES_CSV, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_replace_dir(out, build)
+    warn_distorted(distorted, tf.output_size)
     for r in rows:
         flag = "" if r["anomalous"] is None else ("  ANOMALOUS" if r["anomalous"] else "  ok")
         print(f"{r['score']:10.4f}{flag}  {r['path']}")
-    print(f"{len(rows)} images -> {out / 'scores.csv'} and overlay PNGs in {out}")
+    print(f"{len(rows)} images -> {out / SCORES_CSV} and overlay PNGs in {out}")
     return 0
 
 
@@ -276,7 +317,32 @@ def load_bench_study(args: argparse.Namespace):
             del study.experiments[name]
     if not study.experiments:
         raise ConfigError(f"--methods {args.methods}: none of these methods is in the study")
+    _check_override_keys(study, args)
     return study
+
+
+def _check_override_keys(study, args: argparse.Namespace) -> None:
+    """Every --param / --grid key must reach a selected method: an unscoped key that no selected method
+    has (a typo such as coreset_raito) is an error listing the parameters of the selected methods."""
+    from .bench.config import check_method
+    from .errors import ConfigError
+    from .registry import detector_class
+
+    selected = sorted({m for cfg in study.experiments.values() for m in cfg.methods})
+    for flag, items in (("--param", args.param), ("--grid", args.grid)):
+        for key in parse_params(items, flag):
+            method, _, pname = key.rpartition(".")
+            if method:
+                check_method(method)
+                if method not in selected:
+                    msg = f"{flag} {key}: method {method!r} is not selected (selected: {', '.join(selected)})"
+                    if not study.is_study:
+                        raise ConfigError(msg)
+                    log.warning("%s; ignored", msg)
+            elif not any(pname in detector_class(m).param_names() for m in selected):
+                allowed = "; ".join(f"{m}: {', '.join(detector_class(m).param_names())}" for m in selected)
+                raise ConfigError(f"{flag} {key}: no selected method has a parameter {pname!r}; parameters of the "
+                                  f"selected methods: {allowed}")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -378,8 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="patchcore", help="detector name (default: patchcore; see `flawmap list`)")
     _add_data_args(p, required=True)
     p.add_argument("--category", required=True, help="category folder under --data")
-    p.add_argument("--out", required=True, help="model folder to write (config.json + model.safetensors)")
-    p.add_argument("--calibration-images", type=int, default=16,
+    p.add_argument("--out", required=True, help="model folder to write (config.json + model.safetensors); must be "
+                   "new or empty, or an existing flawmap model with --force; any other folder or file is refused")
+    p.add_argument("--force", action="store_true", help="replace an existing flawmap model folder at --out")
+    p.add_argument("--calibration-images", type=_int_at_least(1), default=16,
                    help="training images scored after fit to set the overlay colour scale and default threshold (default 16)")
     _add_method_args(p)
     p.set_defaults(func=cmd_fit)
@@ -390,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="heatmaps", help="output folder (default: heatmaps)")
     p.add_argument("--threshold", type=float, default=None, help="pixel threshold for the contour and the anomalous flag "
                    "(default: the one stored at fit, from training images)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=8, help="images per batch (default 8)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
     p.set_defaults(func=cmd_predict)
 
@@ -424,26 +492,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "salt_pepper, gaussian_blur, jpeg, brightness_contrast, misalignment")
     p.add_argument("--resize", type=int, default=None, help="resize size (default: each method's paper setting)")
     p.add_argument("--crop", type=int, default=None, help="center crop (default: paper setting; 0 = none)")
-    p.add_argument("--max-train", type=int, default=None, help="use only the first N training images (quick runs)")
+    p.add_argument("--max-train", type=_int_at_least(1), default=None, help="use only the first N training images (quick runs)")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
     p.add_argument("--out", default=None, help="output folder for results.sqlite, results.csv, artifacts/ "
                    "(default: results)")
     p.add_argument("--executor", choices=("local", "ray"), default=None,
                    help="local (default: in this process, or a process pool with --workers) or ray")
-    p.add_argument("--workers", type=int, default=None, help="parallel runs: local process pool size, or the CPUs of "
+    p.add_argument("--workers", type=_int_at_least(1), default=None, help="parallel runs: local process pool size, or the CPUs of "
                    "a local Ray (default 1)")
     p.add_argument("--address", default=None, help="Ray cluster to join (e.g. auto or ray://head:10001; default: "
                    "start a local Ray)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray started by flawmap (default: "
+    p.add_argument("--num-cpus", type=_int_at_least(1), default=None, help="CPUs of a local Ray started by flawmap (default: "
                    "--workers, else all)")
     p.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs Ray reserves per run (default 1; torch "
                    "threads follow)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores when "
+    p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch threads per run (default: all cores when "
                    "sequential, cores / --workers in a pool, --cpus-per-run with Ray)")
     p.add_argument("--feature-cache", default=None, metavar="DIR", help="backbone feature cache folder shared by "
                    "runs (default: <out>/feature_cache)")
     p.add_argument("--no-feature-cache", action="store_true", help="do not cache backbone features on disk")
-    p.add_argument("--gallery", type=int, default=None, help="gallery panels saved per run for each of best, worst, "
+    p.add_argument("--gallery", type=_int_at_least(0), default=None, help="gallery panels saved per run for each of best, worst, "
                    "borderline test images (default 2; 0 = none)")
     p.add_argument("--report", nargs="?", const="", default=None, metavar="DIR", help="write an HTML/Markdown report "
                    "after the sweep (default folder <out>/report; a study always writes one)")
@@ -463,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", action="append", metavar="KEY=SPEC", help="search space entry, repeatable: "
                    "KEY=[v1,v2] (categorical), KEY=float:LOW:HIGH[:log], KEY=int:LOW:HIGH[:log] (default: "
                    "the method's built-in space; see README)")
-    p.add_argument("--trials", type=int, default=None, help="trials run by this process (default 20)")
+    p.add_argument("--trials", type=_int_at_least(1), default=None, help="trials run by this process (default 20)")
     p.add_argument("--metric", default=None, help="objective to maximise: image_auroc (default), pixel_auroc, aupro, "
                    "image_f1, pixel_f1")
     p.add_argument("--val-fraction", type=float, default=None, help="fraction of each label's test images used as the "
@@ -474,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", default=None, help="Optuna study name (default: flawmap-<method>-<categories>)")
     p.add_argument("--resize", type=int, default=None, help="resize size (default: the method's paper setting)")
     p.add_argument("--crop", type=int, default=None, help="center crop (default: paper setting; 0 = none)")
-    p.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--max-train", type=_int_at_least(1), default=None, help="use only the first N training images")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
     p.add_argument("--out", default=None, help="output folder (default: results/tune)")
     p.add_argument("--feature-cache", default=None, metavar="DIR", help="feature cache folder (default: "
@@ -510,6 +578,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - anything else: one line, the traceback only with -v
+        if args.verbose:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"flawmap {args.command}: error: {type(exc).__name__}: {first} (unexpected; run with -v for the "
+              "traceback)" if not args.verbose else f"flawmap {args.command}: error: {type(exc).__name__}: {first}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

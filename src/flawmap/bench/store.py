@@ -41,8 +41,15 @@ CREATE TABLE IF NOT EXISTS tags (
 
 
 class ResultStore:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    """The results database. ``readonly=True`` (used by the report) opens it without writing anything,
+    so a store on a read-only mount or in a folder without write access can still be read."""
+
+    def __init__(self, path: str | os.PathLike[str], readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
+        self._immutable = False
+        if readonly:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
             con.execute(_SCHEMA)
@@ -50,9 +57,20 @@ class ResultStore:
             con.execute(_SCHEMA_TAGS)
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=60)
-        con.execute("PRAGMA journal_mode=WAL")
-        return con
+        if not self.readonly:
+            con = sqlite3.connect(self.path, timeout=60)
+            con.execute("PRAGMA journal_mode=WAL")
+            return con
+        uri = self.path.absolute().as_uri()
+        if not self._immutable:
+            con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60)
+            try:
+                con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return con
+            except sqlite3.OperationalError:  # a WAL database in a folder we cannot write (no -shm file)
+                con.close()
+                self._immutable = True
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=60)
 
     def has(self, run_key: str) -> bool:
         with self._connect() as con:
@@ -62,13 +80,21 @@ class ResultStore:
         with self._connect() as con:
             return {r[0] for r in con.execute("SELECT run_key FROM runs")}
 
+    def fingerprints(self) -> dict[str, str | None]:
+        """run_key -> the dataset fingerprint stored with the run (None for runs stored without one)."""
+        with self._connect() as con:
+            return {k: fp for k, fp in con.execute(
+                "SELECT run_key, json_extract(row_json, '$.data_fingerprint') FROM runs")}
+
     def add(self, run_key: str, row: dict[str, Any], details: dict[str, Any] | None = None,
-            experiments: Iterable[str] = ()) -> None:
+            experiments: Iterable[str] = (), replace: bool = False) -> None:
         """Atomic insert of a run with its details and tags (one transaction); a duplicate key
-        replaces nothing and raises nothing."""
+        replaces nothing and raises nothing, unless ``replace`` (a run redone because its dataset
+        changed replaces its stale row and details)."""
         with self._connect() as con:
             cur = con.execute(
-                "INSERT OR IGNORE INTO runs (run_key, created, row_json) VALUES (?, datetime('now'), ?)",
+                f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO runs (run_key, created, row_json) "
+                "VALUES (?, datetime('now'), ?)",
                 (run_key, json.dumps(row, sort_keys=True, default=str)),
             )
             if cur.rowcount and details:
@@ -203,12 +229,12 @@ def read_rows(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], dict[
         with open(path, newline="") as f:
             rows = [{k: _parse_cell(v) for k, v in r.items()} for r in csv.DictReader(f)]
         sqlite = folder / "results.sqlite"
-        details = ResultStore(sqlite).details() if sqlite.is_file() else {}
+        details = ResultStore(sqlite, readonly=True).details() if sqlite.is_file() else {}
         return rows, details, folder
     if path.suffix not in (".sqlite", ".db", ".sqlite3"):
         raise DataError(f"{path}: unsupported results file; give results.sqlite, results.csv or a bench output folder")
     try:
-        store = ResultStore(path)
+        store = ResultStore(path, readonly=True)
         return store.rows(), store.details(), folder
     except sqlite3.DatabaseError as exc:
         raise DataError(f"{path}: not a flawmap results database ({exc})") from None

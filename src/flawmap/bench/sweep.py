@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from ..data import Transform, load_image, scan_category
 from ..errors import ConfigError
-from ..io import atomic_replace_dir, atomic_write, atomic_write_text
+from ..io import atomic_replace_dir, atomic_write, atomic_write_text, check_writable, exclusive_lock
 from .config import StudyConfig, validate_specs
 from .executors import LocalExecutor, RayExecutor, RunFailure
 from .runner import FIRST_COLUMNS, RunOptions, RunOutput, RunSpec, format_table, group_specs
@@ -26,6 +26,8 @@ from .store import ResultStore, write_csv, write_parquet
 log = logging.getLogger(__name__)
 
 ARTIFACTS = "artifacts"
+#: held by the sweep driver for the whole sweep: a second `flawmap bench` on the same folder stops at once
+LOCK_NAME = ".flawmap-bench.lock"
 CORRUPTION_PICTURES = "corruptions"
 
 
@@ -133,14 +135,39 @@ def run_sweep(study: StudyConfig, data_root: str, out: Path, executor: LocalExec
                  not in bad]
         if not specs:
             raise ConfigError("no runs left after skipping those whose backbone weights are unavailable")
+    check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out / LOCK_NAME, f"results folder {out}"):
+        return _run_locked(study, specs, tags, out, executor, options, echo, t_start)
+
+
+def dataset_fingerprints(specs: list[RunSpec]) -> dict[str, str]:
+    """run_key -> fingerprint of its category's files (``CategoryData.fingerprint``)."""
+    by_cat: dict[tuple[str, str], str] = {}
+    out: dict[str, str] = {}
+    for s in specs:
+        cat = (str(s.data_root), s.category)
+        if cat not in by_cat:
+            by_cat[cat] = scan_category(s.data_root, s.category).fingerprint()
+        out[s.key()] = by_cat[cat]
+    return out
+
+
+def _run_locked(study: StudyConfig, specs: list[RunSpec], tags: dict[str, list[str]], out: Path,
+                executor: LocalExecutor | RayExecutor, options: RunOptions, echo: Callable[[str], None],
+                t_start: float) -> SweepResult:
     store = ResultStore(out / "results.sqlite")
     store.tag((k, e) for k, es in tags.items() for e in es)
-    done = store.done_keys()
-    todo = [s for s in specs if s.key() not in done]
+    fingerprints = dataset_fingerprints(specs)
+    done = store.fingerprints()  # runs stored without a fingerprint (older stores) count as done
+    stale = {k for k, fp in fingerprints.items() if done.get(k) not in (None, fp)}
+    todo = [s for s in specs if s.key() not in done or s.key() in stale]
     n_exp = len([e for e in study.experiments if e])
     echo(f"{len(specs)} runs ({len(specs) - len(todo)} already finished in {store.path})"
          + (f" in {n_exp} experiments" if n_exp else "") + f"; results -> {out}")
+    if stale:
+        echo(f"warning: the dataset changed since {len(stale)} stored runs ran (file names, sizes or times differ): "
+             "they are run again and their results replaced")
     corruption_pictures(out, specs)
     groups = group_specs(todo)
     failures: list[RunFailure] = []
@@ -155,7 +182,8 @@ def run_sweep(study: StudyConfig, data_root: str, out: Path, executor: LocalExec
             assert isinstance(item, RunOutput)
             i += 1
             write_artifacts(out, item.key, item.artifacts)
-            store.add(item.key, item.row, item.details, tags.get(item.key, []))
+            item.row["data_fingerprint"] = fingerprints.get(item.key)
+            store.add(item.key, item.row, item.details, tags.get(item.key, []), replace=item.key in stale)
             r = item.row
             spec = next((s for s in todo if s.key() == item.key), None)
             label = describe(spec) if spec else f"{r['method']} on {r['category']}"

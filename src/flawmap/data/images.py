@@ -109,11 +109,54 @@ def load_image(path: str | PathLike[str]) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def read_mask(path: str | PathLike[str]) -> tuple[np.ndarray, bool]:
+    """Read a ground-truth mask -> (bool (H, W), is_binary).
+
+    Rule: any nonzero pixel (in any colour channel) is defect. A mask is *binary* when its pixels take
+    at most one nonzero value (MVTec masks are 0/255; 0/1 also counts); a grey or anti-aliased mask is
+    not, and callers warn about it (it is still binarised at > 0).
+    """
+    _, arr = _read_raw(path, "mask")
+    if arr.ndim == 3 and arr.shape[-1] in (2, 4):
+        arr = arr[..., :-1]  # the alpha channel is not part of the label
+    flat = arr.reshape(-1, arr.shape[-1]) if arr.ndim == 3 else arr.reshape(-1, 1)
+    defect = np.any(flat != 0, axis=1)
+    binary = len(np.unique(flat[defect], axis=0)) <= 1
+    return np.ascontiguousarray(defect.reshape(arr.shape[:2])), bool(binary)
+
+
 def load_mask(path: str | PathLike[str]) -> np.ndarray:
     """Read a ground-truth mask as bool (H, W): any nonzero pixel (in any colour channel) is defect."""
-    _, arr = _read_raw(path, "mask")
-    if arr.ndim == 3:
-        if arr.shape[-1] in (2, 4):
-            arr = arr[..., :-1]  # the alpha channel is not part of the label
-        return np.ascontiguousarray(np.any(arr != 0, axis=2))
-    return np.ascontiguousarray(arr != 0)
+    return read_mask(path)[0]
+
+
+#: images with a side shorter than this are refused: upsampling a few pixels to the model input
+#: invents the texture the detector is meant to judge (an 8x8 icon, a 1-px line, a 4000x10 strip)
+MIN_IMAGE_SIDE = 16
+#: an image whose aspect ratio differs from the transform output's by more than this factor is
+#: stretched visibly by the resize: warned about, not refused
+MAX_ASPECT_DISTORTION = 2.0
+
+
+def check_image_size(img: np.ndarray, path: str | PathLike[str], output_size: tuple[int, int] | None = None,
+                     distorted: list[Path] | None = None) -> np.ndarray:
+    """Refuse (DataError) an image with a side under MIN_IMAGE_SIDE px; append its path to ``distorted``
+    when resizing to ``output_size`` (h, w) stretches it by more than MAX_ASPECT_DISTORTION. Returns img."""
+    h, w = img.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise DataError(f"image {path} is {w}x{h} px (WxH); images must be at least {MIN_IMAGE_SIDE} px on each side")
+    if output_size is not None and distorted is not None:
+        oh, ow = output_size
+        ratio = (w / h) / (ow / oh)
+        if max(ratio, 1 / ratio) > MAX_ASPECT_DISTORTION:
+            distorted.append(Path(path))
+    return img
+
+
+def warn_distorted(paths: list[Path], output_size: tuple[int, int], limit: int = 5) -> None:
+    """One warning naming the images (the first ``limit``) that the resize stretches."""
+    if not paths:
+        return
+    names = ", ".join(str(p) for p in paths[:limit]) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+    logger.warning("%d image(s) have an aspect ratio more than %gx off the model input %dx%d (WxH) and are stretched "
+                   "by the resize: %s", len(paths), MAX_ASPECT_DISTORTION, output_size[1], output_size[0], names)

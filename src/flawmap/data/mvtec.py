@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from PIL import Image
 
 from ..errors import ConfigError, DataError
 from ..progress import progress
-from .images import IMAGE_SUFFIXES, load_image, load_mask
+from .images import IMAGE_SUFFIXES, check_image_size, load_image, read_mask, warn_distorted
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,33 @@ class CategoryData:
     def test_counts(self) -> dict[str, int]:
         """Number of test images per type, "good" included."""
         return dict(Counter(s.defect_type for s in self.test))
+
+    def fingerprint(self) -> str:
+        """16 hex digits identifying the category's files: relative path, size and modification time
+        of every train/test image and mask. Changes when a file is added, removed, replaced or edited;
+        a sweep stores it with each run and redoes the runs whose dataset changed."""
+        h = hashlib.sha256(f"gt={self.has_ground_truth}\n".encode())
+        for smp in (*self.train, *self.test):
+            for f in (smp.path, smp.mask_path):
+                if f is not None:
+                    st = f.stat()
+                    h.update(f"{f.relative_to(self.path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:16]
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log a data warning once per process (a sweep scans the same category many times)."""
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
+
+
+def _names(paths: Sequence[Path], limit: int = 5) -> str:
+    shown = ", ".join(str(p) for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
 def _visible(path: Path) -> bool:
@@ -126,6 +154,13 @@ def scan_category(root: str | PathLike[str], category: str) -> CategoryData:
             test.extend(Sample(p, 1, sub.name, _find_mask(gt_root / sub.name, p) if has_gt else None) for p in files)
     if not test:
         raise DataError(f"test folder {test_dir} has no sub-folders with images (expected test/good, test/<defect>)")
+    if has_gt:
+        used = {smp.mask_path for smp in test}
+        orphans = sorted(f for d in _subdirs(gt_root) for f in sorted(d.iterdir())
+                         if _visible(f) and f.is_file() and f not in used)
+        if orphans:
+            _warn_once(f"{len(orphans)} ground-truth file(s) under {gt_root} belong to no test image and are "
+                       f"ignored: {_names(orphans)}")
     if not has_gt:
         logger.info("%s has no ground_truth folder: pixel metrics will be unavailable", cat_dir)
     return CategoryData(root, category, train, tuple(test), has_gt)
@@ -252,12 +287,17 @@ def load_split(data: CategoryData, split: Literal["train", "test"], transform: T
     images = torch.empty((n, 3, h, w), dtype=torch.float32)
     masks = torch.zeros((n, h, w), dtype=torch.bool) if data.has_ground_truth else None
 
+    distorted: list[Path] = []  # list.append is atomic: safe from the loader threads
+    grey: list[Path] = []
+
     def work(i: int) -> int:
         s = samples[i]
-        img = load_image(s.path)
+        img = check_image_size(load_image(s.path), s.path, (h, w), distorted)
         images[i] = transform(img)
         if masks is not None and s.mask_path is not None:
-            m = load_mask(s.mask_path)
+            m, binary = read_mask(s.mask_path)
+            if not binary:
+                grey.append(s.mask_path)
             if m.shape != img.shape[:2]:
                 raise DataError(f"mask {s.mask_path} has size {m.shape[1]}x{m.shape[0]} (WxH) but its image "
                                 f"{s.path} has size {img.shape[1]}x{img.shape[0]}")
@@ -270,5 +310,9 @@ def load_split(data: CategoryData, split: Literal["train", "test"], transform: T
             pass
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # on error: drop queued work, re-raise the first failure
+    warn_distorted(sorted(distorted), (h, w))
+    if grey:
+        _warn_once(f"{len(grey)} ground-truth mask(s) of {data.path} are not binary (more than one nonzero grey "
+                   f"level; MVTec masks are 0/255): every nonzero pixel counts as defect: {_names(sorted(grey))}")
     labels = np.array([s.label for s in samples], dtype=np.int64)
     return Split(images, labels, masks, [s.defect_type for s in samples], [s.path for s in samples])
