@@ -11,7 +11,6 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import yaml
 
 from . import __version__
@@ -77,7 +76,7 @@ def _transform(method: str, resize: int | None, crop: int | None):
 def cmd_fit(args: argparse.Namespace) -> int:
     from .base import check_save_target
     from .data import load_split, scan_category
-    from .metrics.thresholds import threshold_from_good
+    from .metrics.thresholds import map_display_range, threshold_from_good
     from .registry import get_detector
 
     params = parse_params(args.param)
@@ -99,8 +98,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "category": args.category,
         "data": str(args.data),
         "fit_seconds": round(fit_s, 3),
-        "map_range": [float(np.percentile(ref.maps, 1)), float(np.percentile(ref.maps, 99.9) * 2)],
-        "threshold": threshold_from_good(ref.maps.max(axis=(1, 2)), 0.99) if len(ref) > 1 else float(ref.maps.max()),
+        "map_range": list(map_display_range(ref.maps, headroom=2.0)),  # good images only: room for defects
+        "threshold": threshold_from_good(ref.maps.max(axis=(1, 2)), 0.99),
         "calibration": f"{len(ref)} training images (in-sample)",
     }
     path = det.save(args.out, extra=extra, overwrite=args.force)

@@ -27,3 +27,29 @@ def test_thresholds() -> None:
     np.testing.assert_array_equal(apply_threshold([0.1, 0.2, 0.3], 0.2), [False, True, True])
     with pytest.raises(ConfigError):
         threshold_from_good([1.0], 1.5)
+
+
+def test_image_and_pixel_thresholds_of_a_test_set() -> None:
+    from flawmap.metrics import image_threshold, pixel_threshold
+
+    assert image_threshold([0, 1, 1, 0, 1], [0.1, 0.9, 0.8, 0.7, 0.2]) == pytest.approx(0.2)  # F1-optimal
+    assert image_threshold([0, 0, 0], [1.0, 5.0, 2.0]) == 2.0  # no defect: the median score
+    masks = np.zeros((2, 4, 4), bool)
+    masks[1, :2] = True
+    maps = np.where(masks, 0.9, 0.1) + np.linspace(0, 0.05, 32).reshape(2, 4, 4)
+    assert pixel_threshold(masks, maps) == pytest.approx(maps[masks].min())  # perfect separation
+    assert pixel_threshold(None, maps) is None
+    assert pixel_threshold(np.zeros_like(masks), maps) is None and pixel_threshold(np.ones_like(masks), maps) is None
+
+
+def test_map_display_range() -> None:
+    from flawmap.metrics import map_display_range
+
+    maps = np.arange(1001.0).reshape(1, 7, 143)
+    assert map_display_range(maps) == pytest.approx((10.0, 999.0))  # percentiles 1 and 99.9
+    assert map_display_range(maps, headroom=2.0) == pytest.approx((10.0, 1998.0))
+    assert map_display_range(maps, percentiles=(0, 100)) == (0.0, 1000.0)
+    with pytest.raises(ConfigError, match="percentiles"):
+        map_display_range(maps, percentiles=(50, 10))
+    with pytest.raises(ConfigError, match="headroom"):
+        map_display_range(maps, headroom=0)

@@ -307,20 +307,17 @@ def pick_gallery(labels: np.ndarray, scores: np.ndarray, threshold: float, n: in
 
 
 def run_details(test: Split, res: AnomalyResult, options: RunOptions) -> tuple[dict[str, Any], dict[str, bytes]]:
-    from ..metrics import f1_max, pixel_f1_max
+    from ..metrics.thresholds import image_threshold, map_display_range, pixel_threshold
     from ..viz.heatmap import panel, to_uint8_image
 
     labels = np.asarray(test.labels).astype(bool)
     scores = np.asarray(res.scores, dtype=np.float64)
     maps = np.asarray(res.maps)
     masks = None if test.masks is None else test.masks.numpy()
-    image_thr = float(f1_max(labels, scores)[1]) if labels.any() else float(np.median(scores))
-    pixel_thr = None
-    pixel_roc = None
-    if masks is not None and masks.any() and not masks.all():
-        pixel_thr = float(pixel_f1_max(masks, maps)[1])
-        pixel_roc = _roc_points(masks.ravel(), maps.ravel())
-    lo, hi = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))
+    image_thr = image_threshold(labels, scores)
+    pixel_thr = pixel_threshold(masks, maps)
+    pixel_roc = None if pixel_thr is None else _roc_points(masks.ravel(), maps.ravel())
+    lo, hi = map_display_range(maps)
     names = []
     for p in test.paths:
         p = Path(p)

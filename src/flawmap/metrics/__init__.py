@@ -10,6 +10,9 @@ from .thresholds import (
     MinMaxNormalizer,
     apply_threshold,
     f1_threshold,
+    image_threshold,
+    map_display_range,
+    pixel_threshold,
     threshold_from_good,
 )
 
@@ -22,6 +25,9 @@ __all__ = [
     "f1_max",
     "f1_threshold",
     "image_auroc",
+    "image_threshold",
+    "map_display_range",
+    "pixel_threshold",
     "pixel_auroc",
     "pixel_f1_max",
     "pro_curve",

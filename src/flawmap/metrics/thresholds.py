@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, NotFittedError
 from .auroc import as_array
-from .f1 import f1_max
+from .f1 import f1_max, pixel_f1_max
 
 
 @dataclass
@@ -81,3 +81,35 @@ def f1_threshold(labels: Any, scores: Any) -> float:
 def apply_threshold(values: Any, threshold: float) -> np.ndarray:
     """Boolean decisions ``values >= threshold``."""
     return as_array(values) >= threshold
+
+
+def image_threshold(labels: Any, scores: Any) -> float:
+    """The image-score threshold of a labelled test set: F1-optimal; the median score when it has no defect."""
+    lab = as_array(labels).astype(bool)
+    return f1_threshold(lab, scores) if lab.any() else float(np.median(as_array(scores)))
+
+
+def pixel_threshold(masks: Any, maps: Any) -> float | None:
+    """The F1-optimal pixel threshold; None when the masks are absent or have a single class."""
+    if masks is None:
+        return None
+    m = as_array(masks)
+    if not m.any() or m.all():
+        return None
+    return float(pixel_f1_max(m, maps)[1])
+
+
+def map_display_range(maps: Any, percentiles: tuple[float, float] = (1.0, 99.9), headroom: float = 1.0) -> tuple[float, float]:
+    """Colour scale (low, high) of anomaly-map pictures: the given percentiles of all map values, the high
+    one multiplied by ``headroom`` (e.g. 2 when the reference maps are of good images only, so that defects
+    stay on the scale)."""
+    lo_pct, hi_pct = percentiles
+    if not 0.0 <= lo_pct <= hi_pct <= 100.0:
+        raise ConfigError(f"map_display_range: percentiles must satisfy 0 <= low <= high <= 100; got {percentiles}")
+    if not headroom > 0:
+        raise ConfigError(f"map_display_range: headroom must be > 0; got {headroom}")
+    v = as_array(maps).astype(np.float64, copy=False).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise DataError("map_display_range: no finite map value")
+    return float(np.percentile(v, lo_pct)), float(np.percentile(v, hi_pct) * headroom)
