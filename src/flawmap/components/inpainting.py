@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+from ..filters import gaussian_blur
+
 GMS_C = 0.0026
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
 
@@ -85,22 +88,14 @@ def inpaint(net: nn.Module, x: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
 
 
 # ---- similarity measures -----------------------------------------------------------------------
-def _gaussian_window(size: int, sigma: float, device: torch.device) -> torch.Tensor:
-    r = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
-    g = torch.exp(-0.5 * (r / sigma) ** 2)
-    g = g / g.sum()
-    return torch.outer(g, g)
-
-
 def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """SSIM per pixel and channel, x, y (B, C, H, W) in [0, 1] -> (B, C, H, W) (reflect padding)."""
-    c = x.shape[1]
-    k = _gaussian_window(window, sigma, x.device).to(x.dtype).expand(c, 1, window, window)
-    pad = window // 2
-    mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
+    """SSIM per pixel and channel, x, y (B, C, H, W) in [0, 1] -> (B, C, H, W): local statistics under an
+    odd ``window`` x ``window`` Gaussian (separable, reflect padding; flawmap.filters.gaussian_blur)."""
+    if window < 1 or window % 2 == 0:
+        raise ConfigError(f"ssim_map: window must be an odd integer >= 1 (e.g. 11); got {window}")
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(t, (pad,) * 4, mode=mode), k, groups=c)
+        return gaussian_blur(t, sigma, radius=window // 2)
 
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x**2

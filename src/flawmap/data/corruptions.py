@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ConfigError
+from ..filters import gaussian_blur as gaussian_blur_filter
 
 Masks = torch.Tensor | None
 Corruption = Callable[..., tuple[torch.Tensor, Masks]]
@@ -110,29 +111,15 @@ def salt_pepper(images: torch.Tensor, severity: int, seed: int = 0, masks: Masks
     return _apply("salt_pepper", images, severity, seed, masks, p, one)
 
 
-def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return k / k.sum()
-
-
 def gaussian_blur(images: torch.Tensor, severity: int, seed: int = 0, masks: Masks = None, *,
                   p: float = 1.0) -> tuple[torch.Tensor, Masks]:
-    """Defocus-like Gaussian blur (separable, reflect padding); sigma scales with the image size."""
+    """Defocus-like Gaussian blur (separable, reflect padding, radius ceil(3 sigma)); sigma scales with the
+    image size."""
     def one(x, m, rng, sigma256):
         sigma = sigma256 * min(x.shape[-2:]) / 256.0
         if sigma < 0.2:
             return x, m
-        k = _gaussian_kernel(sigma)
-        r = len(k) // 2
-        h = x.unsqueeze(0)
-        pad_w, pad_h = min(r, x.shape[-1] - 1), min(r, x.shape[-2] - 1)
-        h = F.pad(h, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w == r else F.pad(h, (r, r, 0, 0), mode="replicate")
-        h = F.conv2d(h, k.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
-        h = F.pad(h, (0, 0, pad_h, pad_h), mode="reflect") if pad_h == r else F.pad(h, (0, 0, r, r), mode="replicate")
-        h = F.conv2d(h, k.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)
-        return h[0], m
+        return gaussian_blur_filter(x, sigma, truncate=3.0), m
     return _apply("gaussian_blur", images, severity, seed, masks, p, one)
 
 
