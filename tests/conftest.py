@@ -39,3 +39,31 @@ def _threads():
     torch.set_num_threads(min(n, 2))
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path: Path):
+    """A folder nobody can create files in, even root: ``chattr +i`` where the file system and our
+    capabilities allow it, else permission bits when not running as root (else the test is skipped)."""
+    import subprocess
+
+    d = tmp_path / "readonly"
+    d.mkdir()
+
+    def make(path: Path = d) -> Path:
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0:
+            made.append(("chattr", path))
+        elif os.geteuid() != 0:
+            path.chmod(0o555)
+            made.append(("chmod", path))
+        else:
+            pytest.skip("cannot make a read-only folder here (no chattr +i, running as root)")
+        return path
+
+    made: list[tuple[str, Path]] = []
+    yield make
+    for how, path in made:
+        if how == "chattr":
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        else:
+            path.chmod(0o755)

@@ -175,7 +175,7 @@ def check_replaceable(path: str | os.PathLike[str], is_ours: Callable[[Path], bo
         raise OutputError(f"{path} is a folder with files that are not a {what}; refusing to overwrite it "
                           "(nothing was changed; choose a new or empty output folder)")
     if not overwrite:
-        raise OutputError(f"{path} already holds a {what}; pass {force_flag} to replace it")
+        raise OutputError(f"{path} is already a {what}; pass {force_flag} to replace it")
 
 
 def check_writable(folder: str | os.PathLike[str]) -> None:
