@@ -142,3 +142,10 @@ def test_exclusive_lock_refuses_a_second_process(tmp_path: Path) -> None:
         holder.communicate("", timeout=30)
     with fio.exclusive_lock(lock, "x"):  # free again once the holder is gone
         time.sleep(0)
+
+
+def test_create_dir_never_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "ds"
+    assert fio.atomic_create_dir(target, _build({"a.txt": "first"})) is True
+    assert fio.atomic_create_dir(target, _build({"a.txt": "second"})) is False
+    assert _tree(target) == {"a.txt": b"first"} and [p.name for p in tmp_path.iterdir()] == ["ds"]

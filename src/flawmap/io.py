@@ -7,6 +7,8 @@
   in one step (Linux ``renameat2(RENAME_EXCHANGE)``), so at no moment is there nothing at ``target``
   (a kill at any point leaves the old or the new folder, plus at most a hidden temporary folder).
   Several processes may replace the same folder at once: each attempt either exchanges or retries.
+* ``atomic_create_dir(target, build)``: the same for a folder made once and never replaced (the
+  synthetic dataset): whichever process finishes first wins, the others discard their copy.
 * ``check_replaceable(path, ...)``: the rule for what an output folder may replace: nothing there, an
   empty folder, or a folder that flawmap itself wrote (recognised by the caller's ``is_ours``);
   anything else (a file, a user's folder with files in it) is refused, never deleted.
@@ -156,6 +158,33 @@ def atomic_replace_dir(target: str | os.PathLike[str], build: Callable[[Path], o
     return target
 
 
+def atomic_create_dir(target: str | os.PathLike[str], build: Callable[[Path], object]) -> bool:
+    """Build a folder with ``build(tmp)`` and move it to ``target`` unless something is there by then
+    (another process that built it first): never replaces. True when this call created ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name[:40]}.tmp-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            _rename2(tmp, target, _RENAME_NOREPLACE)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if not _unsupported(exc):
+                raise
+        try:
+            os.rename(tmp, target)  # replaces at most an empty folder
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def check_replaceable(path: str | os.PathLike[str], is_ours: Callable[[Path], bool], what: str,
                       overwrite: bool = True, force_flag: str = "--force") -> None:
     """Raise OutputError unless a ``what`` may be written at ``path``.
@@ -226,5 +255,6 @@ def exclusive_lock(path: str | os.PathLike[str], what: str) -> Iterator[None]:
         os.close(fd)
 
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_replace_dir", "check_replaceable",
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_replace_dir", "atomic_create_dir",
+           "check_replaceable",
            "check_writable", "exclusive_lock"]

@@ -4,7 +4,10 @@ the rest, store each finished run atomically, export CSV (and Parquet), optional
 Only this driver writes: ``<out>/results.sqlite`` (one transaction per run: row, details, tags),
 ``<out>/artifacts/<run_key>/`` (gallery PNGs, written to a temporary folder and renamed before
 the row is stored, so a stored run always has its pictures), ``<out>/artifacts/corruptions/``
-(one example picture per corruption and severity), ``<out>/results.csv`` (+ ``.parquet``).
+(one example picture per corruption and severity), ``<out>/results.csv`` (+ ``.parquet``), all
+through ``flawmap.io``. It holds ``<out>/.flawmap-bench.lock`` for the whole sweep (a second sweep on
+the same folder stops with OutputError), and stores a fingerprint of each run's dataset files with
+the run: a stored run whose dataset changed since is run again and its row replaced.
 """
 
 from __future__ import annotations

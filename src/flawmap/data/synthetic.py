@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import zlib
 from os import PathLike
 from pathlib import Path
@@ -23,6 +21,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from ..errors import ConfigError, DataError
+from ..io import atomic_create_dir
 
 logger = logging.getLogger(__name__)
 
@@ -188,17 +187,12 @@ def ensure_synthetic_dataset(root: str | PathLike[str] | None = None) -> Path:
         if not root.is_dir() or any(root.iterdir()):
             raise DataError(f"{root} exists but is not a complete synthetic dataset (no {_MARKER}); remove it")
         root.rmdir()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         make_synthetic_mvtec(tmp)
         (tmp / _MARKER).write_text(json.dumps({"version": SYNTHETIC_VERSION, "seed": 0}) + "\n")
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not (root / _MARKER).is_file():  # not a concurrent generator that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    if not atomic_create_dir(root, build) and not (root / _MARKER).is_file():  # lost a race to a non-dataset
+        raise DataError(f"{root} exists but is not a complete synthetic dataset (no {_MARKER}); remove it")
     logger.info("synthetic dataset ready at %s", root)
     return root
