@@ -99,6 +99,7 @@ def test_patchcore_paper_maths_on_tiny_bank() -> None:
     det.memory_bank_ = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
     det.grid_ = [1, 2]
     det.fitted_ = True
+    det._build_index()  # derived from memory_bank_ (fit and load build it)
     emb = torch.tensor([[[[0.1, 0.0], [3.0, 0.0]]]])  # (B=1, h=1, w=2, D=2)
     class FakeBackbone:  # stands in for a FeatureExtractor; _embed is replaced below
         name, weights_id, layers, device = "fake", "fake-0", ("l",), torch.device("cpu")

@@ -24,13 +24,6 @@ def _brute(q: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, t
     return v.float(), i
 
 
-@pytest.fixture(autouse=True)
-def _clear_cache():
-    kn._cache.clear()
-    yield
-    kn._cache.clear()
-
-
 @pytest.mark.parametrize(("k", "n_clusters"), [(1, None), (9, None), (2, 1), (1, 7), (9, 300)])
 def test_index_equals_brute_force(k: int, n_clusters: int | None) -> None:
     bank, q = _feats(2000, 48, 0), _feats(500, 48, 1)
@@ -79,20 +72,27 @@ def test_edge_cases() -> None:
     assert d.shape == (1, 3)
 
 
-def test_knn_builds_and_invalidates_a_cached_index(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kn, "_AUTO_MIN_BANK", 1000)
-    monkeypatch.setattr(kn, "_AUTO_MIN_WORK", 1)
-    bank, q = _feats(2000, 32, 4), _feats(400, 32, 5)
-    first = kn.knn(q, bank, 3)  # brute force, the bank is only recorded
-    assert kn._cache[id(bank)][3] is None
-    second = kn.knn(q, bank, 3)  # an index is built and used from now on
-    assert isinstance(kn._cache[id(bank)][3], kn.NearestNeighborIndex)
-    torch.testing.assert_close(second[0], first[0], rtol=1e-4, atol=1e-3)
-    assert torch.equal(second[1], first[1])
-    bank[0] = q[0]  # in-place change: the cached index must not be used
+def test_scan_in_bounded_column_blocks_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cluster scans are cut into blocks of at most _MAX_COLS bank rows: same neighbours."""
+    bank, q = _feats(3000, 32, 4), _feats(400, 32, 5)
+    full = kn.NearestNeighborIndex(bank, n_clusters=3)  # ~1000 rows per cluster
+    want = [full.search(q, k) for k in (1, 5)]
+    monkeypatch.setattr(kn, "_MAX_COLS", 37)
+    for k, (d0, i0) in zip((1, 5), want):
+        d, i = full.search(q, k)
+        torch.testing.assert_close(d, d0)
+        assert torch.equal(i, i0)
+
+
+def test_knn_is_plain_brute_force() -> None:
+    """knn() keeps no hidden state: the same call after an in-place change sees the change."""
+    bank, q = _feats(5000, 32, 4), _feats(400, 32, 5)
+    first = kn.knn(q, bank, 3)
+    bank[0] = q[0]
     d, i = kn.knn(q, bank, 1)
     assert i[0, 0] == 0 and d[0, 0] < 0.1  # (matmul-form distance of equal points: ~0)
-    small = kn.knn(q, bank[:5], 1)  # another (small) bank: plain brute force
-    assert small[1].max() < 5
+    assert not hasattr(kn, "_cache")
+    small = kn.knn(q, bank[:5], 1)
+    assert small[1].max() < 5 and first[0].shape == (400, 3)
     with pytest.raises(ValueError, match="exceeds"):
         kn.knn(q, bank[:2], 3)

@@ -5,14 +5,15 @@ rows x bank rows per block), never by Q x M. ``NearestNeighborIndex`` gives the 
 (up to float rounding) much faster on real feature banks: the bank is split into clusters (centre
 c_g, radius r_g); each query first scans its nearest cluster, which gives an upper bound U(q) of its
 k-th neighbour distance, then only the clusters with ||q - c_g|| - r_g < U(q) (triangle inequality,
-with float error margins), one matmul per (cluster, queries needing it). ``knn`` builds such an index
-by itself when it sees the same large CPU bank a second time (e.g. PatchCore's memory bank across
-predict batches); the index is rebuilt from the bank alone, so only the bank needs saving.
+with float error margins), one matmul per (cluster, queries needing it). The index is built from
+the bank alone (well under a second for 100k rows), so its owner (PatchCore) keeps it next to its
+fitted bank and only the bank is saved.
+
+Memory of a search: the (Q, G) query-to-centre bounds (G <= 256) and blocks of at most
+``_BLOCK`` queries x ``_MAX_COLS`` bank rows; nothing grows with Q x M.
 """
 
 from __future__ import annotations
-
-import weakref
 
 import numpy as np
 import torch
@@ -21,8 +22,7 @@ from ..device import one_cpu_thread
 
 _U = 2.0 ** -24  # float32 unit roundoff
 _BLOCK = 64  # queries per matmul in a cluster scan
-_AUTO_MIN_BANK, _AUTO_MIN_WORK, _AUTO_MAX_K = 4096, 1 << 22, 64  # when knn() uses a cached index
-_cache: dict[int, tuple[weakref.ref, int, tuple, "NearestNeighborIndex | None"]] = {}
+_MAX_COLS = 8192  # bank rows per matmul in a cluster scan
 
 
 def sq_dists(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,9 +41,6 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, chunk_elems: i
     sorted ascending. Distances are sqrt of the clamped matmul form."""
     if k > bank.shape[0]:
         raise ValueError(f"k={k} exceeds the memory bank size {bank.shape[0]}")
-    index = _auto_index(queries, bank, k)
-    if index is not None:
-        return index.search(queries, k)
     if bank_sq is None:
         bank_sq = bank.pow(2).sum(1)
     q_chunk = max(1, chunk_elems // max(1, bank.shape[0]))
@@ -57,27 +54,6 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, chunk_elems: i
         out_d.append(v.sqrt_())
         out_i.append(i)
     return torch.cat(out_d), torch.cat(out_i)
-
-
-def _auto_index(queries: torch.Tensor, bank: torch.Tensor, k: int) -> "NearestNeighborIndex | None":
-    """A cached index for a large CPU float32 bank seen before (the first call only records it)."""
-    if (bank.device.type != "cpu" or queries.device.type != "cpu" or bank.dtype != torch.float32
-            or queries.dtype != torch.float32 or bank.requires_grad or k > _AUTO_MAX_K
-            or bank.shape[0] < _AUTO_MIN_BANK or queries.shape[0] * bank.shape[0] < _AUTO_MIN_WORK):
-        return None
-    try:
-        key, sig = id(bank), (bank._version, tuple(bank.shape), bank.data_ptr())
-    except RuntimeError:  # inference tensors have no version counter: no caching
-        return None
-    hit = _cache.get(key)
-    if hit is not None and hit[0]() is bank and hit[1:3] == (sig[0], sig[1:]):
-        if hit[3] is None:  # second call with this bank: worth building
-            _cache[key] = (hit[0], sig[0], sig[1:], NearestNeighborIndex(bank))
-        return _cache[key][3]
-    for kk in [kk for kk, v in _cache.items() if v[0]() is None]:
-        del _cache[kk]
-    _cache[key] = (weakref.ref(bank), sig[0], sig[1:], None)
-    return None
 
 
 def _sqn(a: np.ndarray) -> np.ndarray:
@@ -180,18 +156,23 @@ class NearestNeighborIndex:
             o = np.argsort(lo, kind="stable")
             for c in range(0, e - s, _BLOCK):  # blocks of queries sharing a column range
                 blk = o[c:c + _BLOCK]
-                qs, ca, cb = qi[s + blk], lo[blk[0]], hi[blk].max()
-                if ca >= cb:
-                    continue
-                # ||x||^2 - 2 q.x (n, m): ranks like ||q - x||^2; ||q||^2 is added to the survivors only
-                d = torch.addmm(self.xsqt[ca:cb], torch.from_numpy(q[qs]), self.xt[ca:cb].T, alpha=-2.0).numpy()
-                if k == 1:
-                    j = np.argmin(d, 1)
-                    v = d[np.arange(len(qs)), j] + qsq[qs]
-                    better = v < best[qs, 0]
-                    best[qs[better], 0], idx[qs[better], 0] = v[better], ca + j[better]
-                    continue
-                cand = np.concatenate([best[qs], d + qsq[qs, None]], 1)
-                cidx = np.concatenate([idx[qs], np.broadcast_to(np.arange(ca, cb), d.shape)], 1)
-                p = np.argpartition(cand, k - 1, axis=1)[:, :k]
-                best[qs], idx[qs] = np.take_along_axis(cand, p, 1), np.take_along_axis(cidx, p, 1)
+                qs, a0, b0 = qi[s + blk], lo[blk[0]], hi[blk].max()
+                for ca in range(a0, b0, _MAX_COLS):
+                    self._merge(q[qs], qs, qsq, ca, min(b0, ca + _MAX_COLS), best, idx)
+
+    def _merge(self, qb: np.ndarray, qs: np.ndarray, qsq: np.ndarray, ca: int, cb: int,
+               best: np.ndarray, idx: np.ndarray) -> None:
+        """Merge the distances of queries qs (coordinates qb) to bank rows [ca, cb) into best/idx."""
+        k = best.shape[1]
+        # ||x||^2 - 2 q.x (n, m): ranks like ||q - x||^2; ||q||^2 is added to the survivors only
+        d = torch.addmm(self.xsqt[ca:cb], torch.from_numpy(qb), self.xt[ca:cb].T, alpha=-2.0).numpy()
+        if k == 1:
+            j = np.argmin(d, 1)
+            v = d[np.arange(len(qs)), j] + qsq[qs]
+            better = v < best[qs, 0]
+            best[qs[better], 0], idx[qs[better], 0] = v[better], ca + j[better]
+            return
+        cand = np.concatenate([best[qs], d + qsq[qs, None]], 1)
+        cidx = np.concatenate([idx[qs], np.broadcast_to(np.arange(ca, cb), d.shape)], 1)
+        p = np.argpartition(cand, k - 1, axis=1)[:, :k]
+        best[qs], idx[qs] = np.take_along_axis(cand, p, 1), np.take_along_axis(cidx, p, 1)

@@ -1,7 +1,11 @@
 """PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
 
-fit:     locally aware patch features of all good images -> memory bank M (N*h*w, D)
+fit:     locally aware patch features of all good images -> memory bank M (N*h*w, D), built batch
+         by batch (images may stay uint8; no per-layer feature maps of all images are held)
          -> greedy coreset M_C (a fraction of M, selected on a random projection psi).
+         Memory of a fit: M (N h w D float32) + psi (N h w d*) + ~40 bytes per patch + the inputs;
+         checked against ``max_memory_gb`` (default: 90% of the available memory) before the
+         backbone runs, with a message naming what to change.
 predict: per test patch, s = min_{m in M_C} ||p - m||_2 (patch-grid map, upsampled, Gaussian sigma 4);
          image score s* = max over patches, re-weighted with the b nearest neighbours of m* (eq. 7).
 """
@@ -13,13 +17,15 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from ..base import BaseDetector, check_choice, check_range
+from ..base import BaseDetector, check_choice, check_range, float_batch
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import create_backbone, list_backbones
-from ..components.coreset import greedy_coreset
+from ..components.coreset import MODES, greedy_coreset
 from ..components.features import extract_features
-from ..components.knn import knn
+from ..components.knn import NearestNeighborIndex, knn
+from ..device import available_memory_bytes
 from ..errors import ConfigError
+from ..progress import progress
 from ..registry import register_detector
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,8 @@ log = logging.getLogger(__name__)
 @register_detector("patchcore")
 class PatchCore(BaseDetector):
     """Paper defaults: layer2+layer3 (stride 8+16 stages), p=3, coreset 10%, d*=128, b=9, sigma=4."""
+
+    streams_uint8 = True
 
     def __init__(
         self,
@@ -38,10 +46,12 @@ class PatchCore(BaseDetector):
         patch_size: int = 3,  # p: neighbourhood of the local aggregation f_agg
         embedding_dim: int = 1024,  # target dimension of the patch features (adaptive average pooling)
         coreset_ratio: float = 0.1,  # |M_C| / |M| (paper: 0.01, 0.1, 0.25)
+        coreset_mode: str = "exact",  # "exact" greedy (the paper's picks) or "approx" (faster, see coreset.py)
         projection_dim: int = 128,  # d* of the Johnson-Lindenstrauss projection used by the coreset
         num_neighbors: int = 9,  # b in the re-weighting of the image score (eq. 7)
         sigma: float = 4.0,  # Gaussian smoothing of the upsampled map
         batch_size: int = 8,
+        max_memory_gb: float | None = None,  # fit memory budget; None: 90% of the available memory
         seed: int = 0,
         device: str = "auto",
     ) -> None:
@@ -51,10 +61,12 @@ class PatchCore(BaseDetector):
         self.patch_size = patch_size
         self.embedding_dim = embedding_dim
         self.coreset_ratio = coreset_ratio
+        self.coreset_mode = coreset_mode
         self.projection_dim = projection_dim
         self.num_neighbors = num_neighbors
         self.sigma = sigma
         self.batch_size = batch_size
+        self.max_memory_gb = max_memory_gb
         self.seed = seed
         self.device = device
 
@@ -65,6 +77,9 @@ class PatchCore(BaseDetector):
             raise ConfigError(f"patch_size must be odd (1, 3, 5, ...); got {self.patch_size}")
         check_range("embedding_dim", self.embedding_dim, 1, integer=True)
         check_range("coreset_ratio", self.coreset_ratio, 0.0, 1.0, low_open=True)
+        check_choice("coreset_mode", self.coreset_mode, MODES)
+        if self.max_memory_gb is not None:
+            check_range("max_memory_gb", self.max_memory_gb, 0.0, low_open=True)
         check_range("projection_dim", self.projection_dim, 1, integer=True)
         check_range("num_neighbors", self.num_neighbors, 1, integer=True)
         check_range("sigma", self.sigma, 0.0)
@@ -92,28 +107,63 @@ class PatchCore(BaseDetector):
         return x.contiguous()
 
     def _fit(self, images: torch.Tensor) -> None:
-        feats = extract_features(self._backbone, images, batch_size=self.batch_size, desc="patchcore: features")
-        emb = self._embed(feats)  # (N, h, w, D)
-        del feats
-        bank = emb.reshape(-1, emb.shape[-1])  # M (N*h*w, D)
-        idx = greedy_coreset(bank.to(self.device_), self.coreset_ratio, projection_dim=self.projection_dim, seed=self.seed)
+        n, bs = len(images), self.batch_size
+        first = self._embed(extract_features(self._backbone, float_batch(images[:1])))  # (1, h, w, D)
+        _, h, w, d = first.shape
+        self._check_memory(n, h * w, d)
+        bank = torch.empty(n * h * w, d)  # M (N*h*w, D), filled batch by batch
+        for s in progress(range(0, n, bs), desc="patchcore: features", total=-(-n // bs), unit="batch"):
+            emb = self._embed(extract_features(self._backbone, float_batch(images[s:s + bs]), batch_size=bs))
+            bank[s * h * w:(s + len(emb)) * h * w] = emb.reshape(-1, d)
+        idx = greedy_coreset(bank.to(self.device_), self.coreset_ratio, projection_dim=self.projection_dim,
+                             seed=self.seed, mode=self.coreset_mode)
         self.memory_bank_ = bank[idx].to(self.device_)  # M_C (k, D)
-        self.grid_ = list(emb.shape[1:3])
-        log.info("patchcore: memory bank %d -> coreset %d patches of dim %d", len(bank), len(idx), bank.shape[1])
+        self.grid_ = [h, w]
+        log.info("patchcore: memory bank %d -> coreset %d patches of dim %d", len(bank), len(idx), d)
+        self._build_index()
+
+    def _check_memory(self, n: int, patches: int, dim: int) -> None:
+        """Refuse, before the backbone runs, a bank that does not fit the memory budget."""
+        m = n * patches
+        need = m * (4 * dim + 4 * min(dim, self.projection_dim) + 40) + (1 << 26)  # M, psi, indices, temporaries
+        budget = self.max_memory_gb * 2**30 if self.max_memory_gb is not None else 0.9 * available_memory_bytes()
+        if need > budget:
+            gb = 2.0**30
+            raise ConfigError(
+                f"patchcore: {n} training images x {patches} patches = {m} patches of dim {dim} need "
+                f"~{need / gb:.1f} GB for the memory bank and its coreset projection, above the budget of "
+                f"{budget / gb:.1f} GB (max_memory_gb, default 90% of the available memory). Use fewer "
+                f"training images (--max-train), a lower resolution (--resize/--crop) or a smaller "
+                f"embedding_dim; a smaller coreset_ratio or coreset_mode='approx' shortens the coreset "
+                f"but not this peak.")
+        log.info("patchcore: fit needs ~%.2f GB for %d patches (budget %.1f GB)", need / 2**30, m, budget / 2**30)
+
+    def _build_index(self) -> None:
+        """The exact pruned kNN index over M_C (CPU banks; derived from memory_bank_, never saved)."""
+        bank = self.memory_bank_
+        self._index = NearestNeighborIndex(bank) if bank.device.type == "cpu" and len(bank) >= 4096 else None
+
+    def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, object]) -> None:
+        super()._load_state(tensors, meta)
+        self._build_index()
+
+    def _nearest(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k nearest memory-bank patches of q (Q, D): (dists (Q, k), idx (Q, k))."""
+        return self._index.search(q, k) if self._index is not None else knn(q, self.memory_bank_, k)
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bank = self.memory_bank_
         emb = self._embed(extract_features(self._backbone, images, batch_size=len(images), device=self._backbone.device))
         b, h, w, d = emb.shape
         q = emb.reshape(-1, d).to(bank.device)
-        dist, nn_idx = knn(q, bank, 1)  # s per patch: (B*h*w, 1)
+        dist, nn_idx = self._nearest(q, 1)  # s per patch: (B*h*w, 1)
         patch = dist.view(b, h * w)
         s_star, arg = patch.max(dim=1)  # s* and the index of m_test,* per image
         m_test = q.view(b, h * w, d)[torch.arange(b), arg]  # (B, D)
         m_star = bank[nn_idx.view(b, h * w)[torch.arange(b), arg]]  # (B, D)
         # eq. 7: w = 1 - exp||m_test - m*|| / sum_{m in N_b(m*)} exp||m_test - m||
         k = min(self.num_neighbors, len(bank))
-        _, nb = knn(m_star, bank, k)  # N_b(m*) (B, b)
+        _, nb = self._nearest(m_star, k)  # N_b(m*) (B, b)
         d_nb = (m_test.unsqueeze(1) - bank[nb]).norm(dim=-1)  # (B, b)
         weight = 1.0 - torch.exp(s_star - torch.logsumexp(d_nb, dim=1))
         scores = weight * s_star
