@@ -11,32 +11,13 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from . import __version__
+from .params import check_param_names, parse_params
 
 log = logging.getLogger("flawmap")
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-def _parse_value(text: str) -> Any:
-    v = yaml.safe_load(text)
-    return tuple(v) if isinstance(v, list) else v
-
-
-def parse_params(items: Sequence[str] | None, what: str = "--param") -> dict[str, Any]:
-    """['k=v', ...] -> {k: v} with YAML scalars/lists ('0.1' -> 0.1, '[layer2,layer3]' -> tuple)."""
-    from .errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, val = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{what} expects KEY=VALUE; got {item!r}")
-        out[key.strip()] = _parse_value(val)
-    return out
-
-
 def _int_at_least(low: int):
     """argparse type: an integer >= low (a usage error naming the flag otherwise, exit code 2)."""
     def parse(text: str) -> int:
@@ -249,8 +230,8 @@ def _apply_method_overrides(cfg, args: argparse.Namespace, study_mode: bool) -> 
             if method and method != name:
                 continue
             if pname not in allowed:
-                if method:
-                    raise ConfigError(f"{name}: unknown parameter {pname!r}; allowed: {', '.join(allowed)}")
+                if method:  # METHOD.KEY: KEY must be one of METHOD's parameters
+                    check_param_names(name, [pname], allowed, where=key)
                 continue  # an unscoped key only applies to methods that have it
             (mc.grid if key in grid else mc.params)[pname] = value
         if args.device:
@@ -388,11 +369,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
-    from .bench.tune import load_tune_config, run_tune
+def tune_config(args: argparse.Namespace):
+    """The TuneConfig of a `flawmap tune` command line: the YAML file, then the flags."""
+    from .bench.tune import OVERRIDE_KEYS, load_tune_config, parse_search_flag
 
-    cfg = load_tune_config(args)
-    run_tune(cfg)
+    overrides = {k: getattr(args, k) for k in OVERRIDE_KEYS if k != "feature_cache"}
+    overrides["feature_cache"] = False if args.no_feature_cache else args.feature_cache
+    params = parse_params(args.param)
+    if args.device:
+        params["device"] = args.device
+    return load_tune_config(args.config, overrides=overrides, params=params,
+                            search=parse_search_flag(args.search) if args.search else None)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .bench.tune import run_tune
+
+    run_tune(tune_config(args))
     return 0
 
 

@@ -50,9 +50,8 @@ def detector_class(name: str) -> type[BaseDetector]:
 
 def get_detector(name: str, **params: Any) -> BaseDetector:
     """Create a detector by name; unknown parameters raise and list the allowed ones."""
+    from .params import check_param_names
+
     cls = detector_class(name)
-    allowed = cls.param_names()
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{name}: unknown parameter(s) {unknown}; allowed: {', '.join(allowed)}")
+    check_param_names(name, params, cls.param_names())
     return cls(**params)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from flawmap.bench.tune import load_tune_config
-from flawmap.cli import _transform, build_parser, load_bench_study
+from flawmap.cli import _transform, build_parser, load_bench_study, tune_config
 from flawmap.data import Transform, preprocessing
 from flawmap.errors import ConfigError
 
@@ -50,7 +49,7 @@ def _bench(resize: int | None, crop: int | None) -> Transform:
 
 
 def _tune(resize: int | None, crop: int | None) -> Transform:
-    return load_tune_config(build_parser().parse_args(["tune", "--method", "patchcore", *_flags(resize, crop)])).transform()
+    return tune_config(build_parser().parse_args(["tune", "--method", "patchcore", *_flags(resize, crop)])).transform()
 
 
 @pytest.mark.parametrize("command", [_fit, _bench, _tune], ids=["fit", "bench", "tune"])

@@ -39,6 +39,7 @@ import yaml
 
 from ..data import list_categories
 from ..errors import ConfigError
+from ..params import check_param_names
 from ..registry import detector_class, list_detectors
 from .runner import RunSpec
 
@@ -226,12 +227,12 @@ def _parse_methods(methods: Any, where: str, skip_missing: bool, skipped: list[s
         for part in ("params", "grid"):
             if not isinstance(mc.get(part) or {}, dict):
                 raise ConfigError(f"{where}: methods.{name}.{part} must be a mapping parameter -> value(s)")
-            _check_keys(f"{where}: methods.{name}.{part}", mc.get(part) or {}, allowed)
+            check_param_names(name, mc.get(part) or {}, allowed, where=f"{where}: methods.{name}.{part}")
         variants = mc.get("variants") or []
         if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
             raise ConfigError(f"{where}: methods.{name}.variants must be a list of mappings parameter -> value")
         for i, v in enumerate(variants):
-            _check_keys(f"{where}: methods.{name}.variants[{i}]", v, allowed)
+            check_param_names(name, v, allowed, where=f"{where}: methods.{name}.variants[{i}]")
         grid = {k: (v if isinstance(v, list) else [v]) for k, v in (mc.get("grid") or {}).items()}
         for k, v in grid.items():
             if not v:
@@ -317,7 +318,7 @@ def parse_study(raw: dict[str, Any], where: str = "study") -> StudyConfig:
             continue  # reported where an experiment uses it
         if not isinstance(ps, dict):
             raise ConfigError(f"{where}: method_params.{m} must be a mapping param -> value")
-        _check_keys(f"{where}: method_params.{m}", ps, detector_class(m).param_names())
+        check_param_names(m, ps, detector_class(m).param_names(), where=f"{where}: method_params.{m}")
     base = parse_config(shared, where, skip_missing=True, skipped=skipped) if "methods" in shared else \
         parse_config(shared, where)
     study = StudyConfig(base=base, experiments={}, name=raw.get("study"), description=raw.get("description"),

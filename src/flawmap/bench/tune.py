@@ -13,13 +13,12 @@ or the method's built-in space (:data:`DEFAULT_SEARCH`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import yaml
@@ -28,6 +27,7 @@ from ..data import Transform, preprocessing
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from ..metrics import METRIC_KEYS, evaluate
+from ..params import check_param_names
 from ..registry import detector_class, get_detector
 from .runner import SplitCache, format_table
 from .store import write_csv
@@ -81,12 +81,10 @@ def parse_search(method: str, raw: Any, where: str = "search") -> dict[str, dict
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where}: expected a mapping parameter -> space (e.g. coreset_ratio: "
                           "{type: float, low: 0.001, high: 0.25, log: true}, patch_size: [1, 3, 5])")
-    allowed = detector_class(method).param_names()
+    check_param_names(method, raw, detector_class(method).param_names(), where)
     out = {}
     for name, spec in raw.items():
         w = f"{where}.{name}"
-        if name not in allowed:
-            raise ConfigError(f"{w}: unknown parameter of {method}; allowed: {', '.join(allowed)}")
         if isinstance(spec, list):
             spec = {"type": "categorical", "choices": spec}
         if not isinstance(spec, dict):
@@ -138,12 +136,19 @@ def parse_search_flag(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_tune_config(args: argparse.Namespace) -> TuneConfig:
-    from ..cli import parse_params
+#: TuneConfig fields that ``load_tune_config(overrides=...)`` may set (None values are ignored)
+OVERRIDE_KEYS = ("method", "data", "categories", "trials", "metric", "val_fraction", "seed", "resize", "crop",
+                 "max_train", "out", "storage", "study_name", "feature_cache")
 
+
+def load_tune_config(config: str | Path | None = None, *, overrides: Mapping[str, Any] | None = None,
+                     params: Mapping[str, Any] | None = None, search: Mapping[str, Any] | None = None) -> TuneConfig:
+    """A validated TuneConfig: the YAML file ``config`` (keys TUNE_KEYS), then ``overrides`` (OVERRIDE_KEYS;
+    categories may be a comma-separated string, feature_cache False = off), fixed ``params`` added to the
+    file's and ``search`` entries (see parse_search) added to the file's search space."""
     raw: dict[str, Any] = {}
-    if args.config:
-        path = Path(args.config)
+    if config:
+        path = Path(config)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
@@ -156,33 +161,25 @@ def load_tune_config(args: argparse.Namespace) -> TuneConfig:
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {', '.join(TUNE_KEYS)}")
     cfg = TuneConfig(**{k: v for k, v in raw.items() if k not in ("search", "params")})
-    for attr in ("method", "data", "trials", "metric", "val_fraction", "seed", "resize", "crop", "max_train", "out",
-                 "storage", "study_name"):
-        v = getattr(args, attr, None)
+    overrides = dict(overrides or {})
+    if unknown := sorted(set(overrides) - set(OVERRIDE_KEYS)):
+        raise ConfigError(f"load_tune_config: unknown override(s) {unknown}; allowed: {', '.join(OVERRIDE_KEYS)}")
+    for attr, v in overrides.items():
         if v is not None:
             setattr(cfg, attr, v)
-    if args.categories:
-        cfg.categories = [c for c in args.categories.split(",") if c]
     if isinstance(cfg.categories, str):
         cfg.categories = [c for c in cfg.categories.split(",") if c]
-    if args.no_feature_cache:
-        cfg.feature_cache = False
-    elif args.feature_cache:
-        cfg.feature_cache = args.feature_cache
     cls = detector_class(cfg.method)  # unknown method: lists the available ones
-    params = dict(raw.get("params") or {})
-    if not isinstance(params, dict):
+    fixed = raw.get("params") or {}
+    if not isinstance(fixed, dict):
         raise ConfigError("params: expected a mapping parameter -> value")
-    params.update(parse_params(args.param))
-    if args.device:
-        params["device"] = args.device
-    unknown = sorted(set(params) - set(cls.param_names()))
-    if unknown:
-        raise ConfigError(f"{cfg.method}: unknown parameter(s) {unknown}; allowed: {', '.join(cls.param_names())}")
-    cfg.params = params
-    search = raw.get("search")
-    if args.search:
-        search = {**(search or {}), **parse_search_flag(args.search)}
+    fixed = {**fixed, **(params or {})}
+    check_param_names(cfg.method, fixed, cls.param_names())
+    cfg.params = fixed
+    search_raw = raw.get("search")
+    if search:
+        search_raw = {**(search_raw or {}), **search}
+    search = search_raw
     if search is None:
         if cfg.method not in DEFAULT_SEARCH:
             raise ConfigError(f"no built-in search space for {cfg.method!r}; give a `search:` block or --search")
