@@ -171,7 +171,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_test(args: argparse.Namespace) -> int:
     from .base import load_detector, read_model_config
-    from .bench.runner import format_table
+    from .viz.text import format_table
     from .data import Transform, load_split, scan_category
     from .metrics import evaluate
 

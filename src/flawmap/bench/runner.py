@@ -345,27 +345,9 @@ def run_details(test: Split, res: AnomalyResult, options: RunOptions) -> tuple[d
     return details, artifacts
 
 
-def format_table(rows: list[dict[str, Any]], cols: tuple[str, ...] = ("method", "category", "backbone", "image_auroc",
-                 "pixel_auroc", "aupro", "image_f1", "pixel_f1", "fit_seconds", "predict_seconds_per_image",
-                 "peak_rss_mb")) -> str:
-    """Plain-text table for the terminal; unavailable metrics show as 'n/a'."""
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "n/a"
-        if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
-        return str(v)
-
-    cells = [[fmt(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
 def spec_dict(spec: RunSpec) -> dict[str, Any]:
     return asdict(spec)
 
 
 __all__ = ["RunSpec", "RunOptions", "RunOutput", "SplitCache", "run_one", "run_group", "execute_group", "group_specs",
-           "format_table", "FIRST_COLUMNS", "NO_CORRUPTION"]
+           "FIRST_COLUMNS", "NO_CORRUPTION"]

@@ -23,7 +23,8 @@ from ..errors import ConfigError
 from ..io import atomic_replace_dir, atomic_write, atomic_write_text, check_writable, exclusive_lock
 from .config import StudyConfig, validate_specs
 from .executors import LocalExecutor, RayExecutor, RunFailure
-from .runner import FIRST_COLUMNS, RunOptions, RunOutput, RunSpec, format_table, group_specs
+from ..viz.text import format_table, format_value
+from .runner import FIRST_COLUMNS, RunOptions, RunOutput, RunSpec, group_specs
 from .store import ResultStore, write_csv, write_parquet
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,6 @@ def describe(spec: RunSpec) -> str:
     params = ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in spec.params.items() if k != "device")
     corr = f" [{spec.corruption} s{spec.severity} p={spec.p}]" if spec.corruption else ""
     return f"{spec.method} on {spec.category}" + (f" ({params})" if params else "") + corr
-
-
-def _fmt(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def unavailable_weights(specs: list[RunSpec]) -> dict[tuple[str, str], str]:
@@ -190,8 +187,8 @@ def _run_locked(study: StudyConfig, specs: list[RunSpec], tags: dict[str, list[s
             r = item.row
             spec = next((s for s in todo if s.key() == item.key), None)
             label = describe(spec) if spec else f"{r['method']} on {r['category']}"
-            echo(f"[{i}/{len(todo)}] {label}: image_auroc={_fmt(r.get('image_auroc'))} "
-                 f"pixel_auroc={_fmt(r.get('pixel_auroc'))} fit {r.get('fit_seconds')} s")
+            echo(f"[{i}/{len(todo)}] {label}: image_auroc={format_value(r.get('image_auroc'))} "
+                 f"pixel_auroc={format_value(r.get('pixel_auroc'))} fit {r.get('fit_seconds')} s")
     finally:
         keys = {s.key() for s in specs}
         rows = [r for r in store.rows() if r.get("run_key") in keys]

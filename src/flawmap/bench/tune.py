@@ -29,7 +29,8 @@ from ..io import atomic_write_text
 from ..metrics import METRIC_KEYS, evaluate
 from ..params import check_param_names
 from ..registry import detector_class, get_detector
-from .runner import SplitCache, format_table
+from ..viz.text import format_table
+from .runner import SplitCache
 from .store import write_csv
 
 log = logging.getLogger(__name__)

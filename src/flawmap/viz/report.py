@@ -37,6 +37,7 @@ from ..bench.store import read_rows
 from ..errors import DataError
 from ..io import atomic_replace_dir, check_replaceable, check_writable
 from . import plots
+from .text import format_value
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,6 @@ def _norm(v: Any) -> Any:
 def _mean(vals: Iterable[Any]) -> float | None:
     v = [float(x) for x in vals if isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)]
     return float(np.mean(v)) if v else None
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return plots.label(v) if isinstance(v, (list, tuple)) else str(v)
 
 
 def _tags(row: dict[str, Any]) -> list[str]:
@@ -163,7 +156,7 @@ class Page:
 
     def table(self, header: Sequence[str], body: Sequence[Sequence[Any]], bold: Sequence[Sequence[bool]] | None = None,
               csv_name: str | None = None, digits: int = 3) -> None:
-        cells = [[_fmt(v, digits) for v in row] for row in body]
+        cells = [[format_value(v, digits, large_digits=None) for v in row] for row in body]
         bold = bold or [[False] * len(header) for _ in body]
         h = ["<table><thead><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in header) + "</tr></thead><tbody>"]
         for row, b in zip(cells, bold):
@@ -265,7 +258,7 @@ def non_default_settings(cells: dict[tuple[str, str], Cell]) -> dict[str, str]:
                         continue
                     v = _norm(r[k])
                     if v != d and not (isinstance(v, (int, float)) and isinstance(d, (int, float)) and float(v) == float(d)):
-                        diffs.setdefault(k, f"{k}={_fmt(v)} (default {_fmt(d)})")
+                        diffs.setdefault(k, f"{k}={format_value(v, 3, None)} (default {format_value(d, 3, None)})")
         if diffs:
             out[method] = ", ".join(diffs.values())
     return out
