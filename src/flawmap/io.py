@@ -244,6 +244,11 @@ def exclusive_lock(path: str | os.PathLike[str], what: str) -> Iterator[None]:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             raise OutputError(f"{what} is busy: another flawmap process (pid {holder}) is using it "
                               f"(lock {path}); wait for it to finish or use another output folder") from None
+        except OSError as exc:  # ENOLCK / EOPNOTSUPP: a network file system without flock
+            log.warning("%s: cannot take the lock %s (%s); make sure no other flawmap process uses it",
+                        what, path, exc.strerror or exc)
+            yield
+            return
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
