@@ -124,6 +124,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .data.images import check_image_size, warn_distorted
     from .io import atomic_replace_dir, check_replaceable, check_writable
     from .progress import progress
+    from .metrics.thresholds import map_display_range
     from .viz.heatmap import panel, save_png, to_uint8_image
 
     out = Path(args.out)
@@ -149,8 +150,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             x = torch.stack([tf(img) for img in images])
             res = det.predict(x)
             for f, img, s, m in zip(batch, x.numpy(), res.scores, res.maps):
-                lo = float(m.min()) if vmin is None else vmin
-                hi = float(m.max()) if vmax is None else vmax
+                # a model saved without a display range: this map's own full range
+                lo, hi = (vmin, vmax) if vmin is not None else map_display_range(m, percentiles=(0.0, 100.0))
                 name = f"{len(rows):04d}_{f.stem}_overlay.png"
                 save_png(panel(to_uint8_image(img), m, lo, hi, threshold), tmp / name)
                 rows.append({"path": str(f), "score": float(s), "max_pixel": float(m.max()),
