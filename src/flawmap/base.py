@@ -314,7 +314,8 @@ def _check_config_schema(config: dict[str, Any], cfg_path: Path) -> None:
         got = config
         for part in field.split("."):
             got = got.get(part) if isinstance(got, dict) else None
-        return ModelFileError(f"{cfg_path}: field {field!r} must be {must}; got {got!r}")
+        shown = repr(got) if len(repr(got)) <= 80 else repr(got)[:77] + "..."
+        return ModelFileError(f"{cfg_path}: field {field!r} must be {must}; got {shown}")
 
     if not isinstance(config.get("detector"), str) or config["detector"] not in list_detectors():
         raise bad("detector", f"one of {', '.join(list_detectors())}")
