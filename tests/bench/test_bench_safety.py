@@ -131,3 +131,17 @@ def test_bench_into_a_read_only_folder_is_one_line(synthetic_root: Path, readonl
     assert main(_bench(synthetic_root, ro / "res")) == 2
     err = capsys.readouterr().err
     assert "cannot write" in err and len(err.strip().splitlines()) == 1
+
+
+def test_full_disk_during_a_sweep_is_one_line(synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    def full(self, *a, **k):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(ResultStore, "add", full)
+    assert main(_bench(synthetic_root, tmp_path / "res")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("flawmap bench: error: OperationalError: database or disk is full (unexpected; run with -v for "
+                   "the traceback)")
