@@ -383,10 +383,8 @@ def load_detector(path: str | os.PathLike[str], device: str | None = None) -> Ba
     if device is not None and "device" in params:
         params["device"] = device
     cls = detector_class(config["detector"])
-    if unknown := sorted(set(params) - set(cls.param_names())):
-        raise ModelFileError(f"{cfg_path}: field 'params' has unknown parameter(s) {unknown} for {cls.name}; "
-                             f"allowed: {', '.join(cls.param_names())}")
     try:
+        check_param_names(cls.name, params, cls.param_names())
         det = cls(**params)
         det.validate_params()
     except (TypeError, ConfigError) as exc:
