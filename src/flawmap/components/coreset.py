@@ -93,16 +93,14 @@ def greedy_coreset_naive(features: np.ndarray, k: int, start: int) -> np.ndarray
     return sel
 
 
-def coverage_radius(features: np.ndarray, centres: np.ndarray, *, chunk: int = 1 << 14) -> float:
-    """max over points of the distance to the nearest selected centre (the k-center objective)."""
-    x = np.ascontiguousarray(features, dtype=np.float32)
-    c = x[centres]
-    cn = _sqn(c)
-    worst = 0.0
-    for s in range(0, len(x), chunk):
-        q = x[s:s + chunk]
-        worst = max(worst, float(np.max(np.maximum(_sqn(q)[:, None] + cn[None] - 2 * _mm(q, c.T), 0).min(1))))
-    return worst ** 0.5
+def coverage_radius(features: np.ndarray, centres: np.ndarray) -> float:
+    """max over points of the distance to the nearest selected centre (the k-center objective), via
+    the exact pruned kNN index over the centres (bounded memory)."""
+    from .knn import NearestNeighborIndex
+
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    index = NearestNeighborIndex(x[torch.as_tensor(centres)])
+    return max(float(index.search(x[s:s + 65536], 1)[0].max()) for s in range(0, len(x), 65536))
 
 
 def _partition(x: np.ndarray, groups: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
