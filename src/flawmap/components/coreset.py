@@ -121,7 +121,7 @@ class _BlockGreedy:
     """Batched greedy k-center on the CPU (module docstring). x: (N, P) float32, P = 2^j, not copied."""
 
     def __init__(self, x: np.ndarray, k: int, *, mode: CoresetMode = "exact", block: int = 256,
-                 budget: int = 1 << 22, probe: int = 8, seed: int = 0) -> None:
+                 budget: int = 1 << 20, probe: int = 8, seed: int = 0) -> None:
         """x (N, P) is permuted IN PLACE into slot order (pass a copy to keep yours)."""
         n, p = x.shape
         self.x, self.k, self.mode, self.budget, self.probe = x, k, mode, budget, probe
@@ -162,16 +162,24 @@ class _BlockGreedy:
         if not exact and len(lo) > self.probe:
             far = np.argpartition(d2, self.probe - 1, axis=0)[self.probe:]
             np.put_along_axis(lo, far, np.inf, axis=0)
-        bg, reach = self.block_group, np.sqrt(self.block_max) * (1 + 1e-6) + self.tol  # (nb,)
-        # lower bound of ||x - c|| over the annulus of each block (nb, m)
-        lb = np.maximum(lo[bg] - self.r_hi[:, None], self.r_lo[:, None] - hi[bg])
-        blk, col = np.nonzero(lb < reach[:, None])  # surviving (block, centre) pairs, by block
-        if not len(blk):
-            return
+        step = max(1, self.budget // (4 * len(picks)))
+        for b0 in range(0, len(self.block_max), step):  # (block, centre) tests in pieces of <= budget / 4
+            bl = np.arange(b0, min(len(self.block_max), b0 + step))
+            bg, reach = self.block_group[bl], np.sqrt(self.block_max[bl]) * (1 + 1e-6) + self.tol[bl]  # (nb,)
+            # lower bound of ||x - c|| over the annulus of each block (nb, m)
+            lb = np.maximum(lo[bg] - self.r_hi[bl, None], self.r_lo[bl, None] - hi[bg])
+            blk, col = np.nonzero(lb < reach[:, None])  # surviving (block, centre) pairs, by block
+            del lb
+            if len(blk):
+                self._apply_pairs(bl[blk], col, picks, c, cn)
+
+    def _apply_pairs(self, blk: np.ndarray, col: np.ndarray, picks: np.ndarray, c: np.ndarray, cn: np.ndarray) -> None:
+        """Exact update for the (block, centre) pairs blk, col (sorted by block), one bmm per bucket
+        of blocks with a similar number of centres, in pieces of <= budget elements."""
         first = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1]])
         ublk, cnt = blk[first], np.diff(np.r_[first, len(blk)])
         S, bucket = int(np.diff(self.block_start)[ublk].max()), np.searchsorted(_EDGES, cnt)
-        for bk in np.unique(bucket):  # blocks with a similar number of centres share one bmm
+        for bk in np.unique(bucket):
             w = np.flatnonzero(bucket == bk)
             R = int(cnt[w].max())
             step = max(1, self.budget // (S * (R + self.x.shape[1])))
@@ -202,9 +210,15 @@ class _BlockGreedy:
         if len(f):
             i, f = np.divmod(f, S * R)
             s, m = np.divmod(f, R)
-            sl = slots[i, s]
-            np.minimum.at(self.dist, sl, sq_dist(self.x[sl], self.x[picks[cent[i, m]]]))
+            self._min_exact(self.dist, self.x, slots[i, s], picks[cent[i, m]])
         self.block_max[blocks] = np.where(valid, self.dist[slots], -np.inf).max(1)
+
+    def _min_exact(self, dist: np.ndarray, x: np.ndarray, rows: np.ndarray, cents: np.ndarray) -> None:
+        """dist[rows] <- min(dist[rows], sq_dist(x[rows], x[cents])) in pieces of <= budget floats."""
+        step = max(1, self.budget // x.shape[1])
+        for s in range(0, len(rows), step):
+            r = rows[s:s + step]
+            np.minimum.at(dist, r, sq_dist(x[r], x[cents[s:s + step]]))
 
     # ---- steps 1 and 2 ------------------------------------------------------------------------
     def _top(self, b: int) -> tuple[float, np.ndarray]:
@@ -249,7 +263,7 @@ class _BlockGreedy:
             a = top[:1 + int(np.argmax(hit)) if hit.any() else n_ok]
             acc.extend(a.tolist())
             i, j = np.nonzero(lower(a) < d[None])
-            np.minimum.at(d, j, sq_dist(xs[j], xs[a[i]]))
+            self._min_exact(d, xs, j, a[i])
         return np.asarray(acc, dtype=np.int64), d
 
     def _pick(self, slots: np.ndarray, t: int) -> int:
@@ -306,7 +320,7 @@ def _expand(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def greedy_coreset_fast(features: np.ndarray, k: int, start: int, *, mode: CoresetMode = "exact",
-                        budget: int = 1 << 22) -> np.ndarray:
+                        budget: int = 1 << 20) -> np.ndarray:
     """Greedy k-center picks (k,) on the CPU; ``mode="exact"`` picks exactly what
     ``greedy_coreset_naive`` picks. Extra memory: O(N) + ``budget`` float32 elements (module docstring)."""
     check_mode(mode)
@@ -345,7 +359,7 @@ def greedy_coreset(features: torch.Tensor, ratio: float, *, projection_dim: int 
         psi = psi.clone()
     x = _pad_pow2(psi.cpu().numpy())  # psi itself when d* is a power of 2 (no copy): permuted in place
     del psi
-    return torch.from_numpy(_run(x, k, start, mode, 1 << 22))
+    return torch.from_numpy(_run(x, k, start, mode, 1 << 20))
 
 
 @torch.no_grad()
