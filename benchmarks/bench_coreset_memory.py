@@ -113,7 +113,9 @@ def child_coreset(args: argparse.Namespace) -> dict:
     peak = peak_rss_mb()
     psi = cs.random_projection(bank, 128, 0).numpy()
     out = {"n": len(bank), "ratio": args.ratio, "mode": args.mode, "k": len(idx), "seconds": secs,
-           "peak_rss_mb": peak, "rss_before_mb": base, "coverage_radius": cs.coverage_radius(psi, idx.numpy())}
+           "peak_rss_mb": peak, "rss_before_mb": base}
+    if args.coverage:
+        out["coverage_radius"] = cs.coverage_radius(psi, idx.numpy())
     if args.naive_steps:
         x = cs._pad_pow2(psi)
         t0 = time.perf_counter()
@@ -153,6 +155,7 @@ def main() -> None:
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.1])
     ap.add_argument("--modes", nargs="+", default=["exact"])
     ap.add_argument("--naive-steps", type=int, default=0, help="time this many textbook steps and extrapolate")
+    ap.add_argument("--coverage", action="store_true", help="also the coverage radius (k-center objective)")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/mvtec"))
     ap.add_argument("--cache", type=Path, default=Path("/tmp/flawmap-bench-banks"))
     ap.add_argument("--out", type=Path, default=Path("results/bench_coreset_memory.jsonl"))
@@ -179,7 +182,7 @@ def main() -> None:
                 for m in args.modes:
                     runs.append(({"bank": args.bank, "bank_images": n, "backbone_seconds": secs},
                                  ["_coreset", "--bank-file", f, "--ratio", str(r), "--mode", m,
-                                  "--naive-steps", str(args.naive_steps)]))
+                                  "--naive-steps", str(args.naive_steps)] + ["--coverage"] * args.coverage))
     else:
         for n in args.images:
             for r in args.ratios:

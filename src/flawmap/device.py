@@ -54,3 +54,12 @@ def available_memory_bytes() -> int:
     import os
 
     return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_memory_budget(what: str, need_bytes: int, max_memory_gb: float | None, advice: str) -> None:
+    """Raise ConfigError before the work starts when ``need_bytes`` exceeds the budget: ``max_memory_gb``,
+    or 90% of the available memory when None. ``what`` says what needs it, ``advice`` what to change."""
+    budget = max_memory_gb * 2**30 if max_memory_gb is not None else 0.9 * available_memory_bytes()
+    if need_bytes > budget:
+        raise ConfigError(f"{what} need ~{need_bytes / 2**30:.1f} GB, above the budget of {budget / 2**30:.1f} GB "
+                          f"(max_memory_gb, default 90% of the available memory). {advice}")

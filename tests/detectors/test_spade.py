@@ -140,3 +140,18 @@ def test_default_layers_resolved_from_the_backbone(monkeypatch: pytest.MonkeyPat
                        ("resnet18", ("layer1", "layer2", "layer3", "layer4"))]:
         get_detector("spade", backbone=name)._setup()
         assert seen[name] == want
+
+
+def test_gallery_over_the_memory_budget_is_refused_with_advice() -> None:
+    """SPADE stores every training pyramid: above the budget, one clear error before the buffer exists."""
+    from flawmap import get_detector
+    from flawmap.errors import ConfigError
+
+    imgs = (torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    det = get_detector("spade", backbone="efficientnet_lite0", k=3, max_memory_gb=1e-5)
+    with pytest.raises(ConfigError, match=r"12 training images.*--max-train"):
+        det.fit(imgs)
+    det.set_params(max_memory_gb=None)
+    a = det.fit(imgs).predict(imgs[:2]).scores  # uint8 input is converted batch by batch
+    b = get_detector("spade", backbone="efficientnet_lite0", k=3).fit(imgs.float() / 255).predict(imgs[:2]).scores
+    np.testing.assert_allclose(a, b, rtol=1e-6)

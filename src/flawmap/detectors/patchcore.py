@@ -23,7 +23,7 @@ from ..components.backbones import create_backbone, list_backbones
 from ..components.coreset import MODES, greedy_coreset
 from ..components.features import extract_features
 from ..components.knn import NearestNeighborIndex, knn
-from ..device import available_memory_bytes
+from ..device import check_memory_budget
 from ..errors import ConfigError
 from ..progress import progress
 from ..registry import register_detector
@@ -126,17 +126,12 @@ class PatchCore(BaseDetector):
         """Refuse, before the backbone runs, a bank that does not fit the memory budget."""
         m = n * patches
         need = m * (4 * dim + 4 * min(dim, self.projection_dim) + 40) + (1 << 26)  # M, psi, indices, temporaries
-        budget = self.max_memory_gb * 2**30 if self.max_memory_gb is not None else 0.9 * available_memory_bytes()
-        if need > budget:
-            gb = 2.0**30
-            raise ConfigError(
-                f"patchcore: {n} training images x {patches} patches = {m} patches of dim {dim} need "
-                f"~{need / gb:.1f} GB for the memory bank and its coreset projection, above the budget of "
-                f"{budget / gb:.1f} GB (max_memory_gb, default 90% of the available memory). Use fewer "
-                f"training images (--max-train), a lower resolution (--resize/--crop) or a smaller "
-                f"embedding_dim; a smaller coreset_ratio or coreset_mode='approx' shortens the coreset "
-                f"but not this peak.")
-        log.info("patchcore: fit needs ~%.2f GB for %d patches (budget %.1f GB)", need / 2**30, m, budget / 2**30)
+        check_memory_budget(
+            f"patchcore: {n} training images x {patches} patches = {m} patches of dim {dim} (memory bank and "
+            f"its coreset projection)", need, self.max_memory_gb,
+            "Use fewer training images (--max-train), a lower resolution (--resize/--crop) or a smaller "
+            "embedding_dim; a smaller coreset_ratio or coreset_mode='approx' shortens the coreset but not this peak.")
+        log.info("patchcore: fit needs ~%.2f GB for %d patches", need / 2**30, m)
 
     def _build_index(self) -> None:
         """The exact pruned kNN index over M_C (CPU banks; derived from memory_bank_, never saved)."""

@@ -21,11 +21,12 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from ..base import BaseDetector, batched, check_choice, check_range
+from ..base import BaseDetector, batched, check_choice, check_range, float_batch
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import create_backbone, layers_at_strides, list_backbones
 from ..components.features import extract_features
 from ..components.knn import knn
+from ..device import check_memory_budget
 from ..errors import ConfigError
 from ..progress import progress
 from ..registry import register_detector
@@ -42,6 +43,8 @@ PAPER_IMAGE_STRIDE = 32
 class SPADE(BaseDetector):
     """Paper defaults: K = 50 nearest images, kappa = 1 nearest gallery feature, layer1..3 pyramid, sigma 4."""
 
+    streams_uint8 = True
+
     def __init__(
         self,
         *,
@@ -54,6 +57,7 @@ class SPADE(BaseDetector):
         sigma: float = 4.0,  # Gaussian smoothing of the upsampled map
         chunk_size: int = 1 << 24,  # max distance-matrix entries (pixels x gallery rows) per block
         batch_size: int = 8,
+        max_memory_gb: float | None = None,  # budget of the stored pyramids; None: 90% of the available memory
         seed: int = 0,  # unused (SPADE is deterministic); kept for the common interface
         device: str = "auto",
     ) -> None:
@@ -66,6 +70,7 @@ class SPADE(BaseDetector):
         self.sigma = sigma
         self.chunk_size = chunk_size
         self.batch_size = batch_size
+        self.max_memory_gb = max_memory_gb
         self.seed = seed
         self.device = device
 
@@ -84,6 +89,8 @@ class SPADE(BaseDetector):
         check_range("sigma", self.sigma, 0.0)
         check_range("chunk_size", self.chunk_size, 1, integer=True)
         check_range("batch_size", self.batch_size, 1, integer=True)
+        if self.max_memory_gb is not None:
+            check_range("max_memory_gb", self.max_memory_gb, 0.0, low_open=True)
         check_range("seed", self.seed, 0, integer=True)
 
     def _setup(self) -> None:
@@ -110,9 +117,15 @@ class SPADE(BaseDetector):
             log.warning("spade: k=%d exceeds the %d training images; using K=%d", self.k, n, self.k_)
         img_feats, pix_feats = [], None
         for sl in progress(batched(n, self.batch_size), desc="spade: fit", unit="batch"):
-            f, pyr = self._features(extract_features(self._backbone, images[sl], batch_size=self.batch_size,
-                                                     desc="spade: features"))
-            if pix_feats is None:  # one (N, h*w, C) buffer, filled batch by batch
+            f, pyr = self._features(extract_features(self._backbone, float_batch(images[sl]),
+                                                     batch_size=self.batch_size, desc="spade: features"))
+            if pix_feats is None:  # one (N, h*w, C) buffer, filled batch by batch, checked before
+                positions, c = pyr.shape[1] * pyr.shape[2], pyr.shape[3]
+                check_memory_budget(
+                    f"spade: the pyramids of {n} training images ({positions} positions x {c} channels each)",
+                    n * positions * (c + 1) * 4, self.max_memory_gb,  # F_i and ||F_i||^2
+                    "SPADE keeps every training pyramid (the method's gallery); use fewer training images "
+                    "(--max-train), a lower resolution (--resize/--crop) or fewer/shallower pyramid layers.")
                 pix_feats = torch.empty(n, pyr.shape[1] * pyr.shape[2], pyr.shape[3], device=self.device_)
                 self.grid_ = [int(pyr.shape[1]), int(pyr.shape[2])]
             pix_feats[sl] = pyr.flatten(1, 2).to(self.device_)
