@@ -45,6 +45,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..progress import bar
 from .knn import _kcenter, _mm, _nearest, _sqn
 
 _U = 2.0 ** -24  # float32 unit roundoff
@@ -275,7 +276,10 @@ class _BlockGreedy:
     def run(self, start: int, batch: int = 1024, min_batch: int = 256, max_batch: int = 4096, chain: int = 256) -> np.ndarray:
         n = len(self.x)
         t, b = self._pick(np.flatnonzero(self.point == start), 0), min_batch
+        pbar, shown = bar(f"coreset ({self.mode}, {n} patches)", total=self.k, unit="pick"), 0
         while t < self.k:
+            pbar.update(t - shown)
+            shown = t
             tau, sp = self._top(b := min(b, n))
             top = float(self.dist[sp].max())
             if top <= 0:  # every d(x) = 0: the argmax is point 0 from now on
@@ -290,6 +294,7 @@ class _BlockGreedy:
             else:  # long run of ties at tau: one textbook step (ties: lowest point index)
                 tied = np.flatnonzero(self.dist == top)
                 t = self._pick(tied[np.argmin(self.point[tied])][None], t)
+        pbar.close()
         return self.sel
 
 
