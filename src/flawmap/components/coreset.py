@@ -128,7 +128,7 @@ class _BlockGreedy:
         self.x, self.k, self.mode, self.budget, self.probe = x, k, mode, budget, probe
         self.kappa = 4 * (p + 16) * _U  # |matmul d^2 - sq_dist| <= kappa (|a| + |b|)^2
         self.mean = x.mean(0, dtype=np.float64).astype(np.float32)  # centring for matmul bounds
-        n_groups = int(np.clip(n // 1024, 1, 8192))  # ~1024 points per group
+        n_groups = int(np.clip(n // 1024, 1, 1024))
         gid, mu = (_partition(x, n_groups, np.random.default_rng(seed)) if n_groups > 1
                    else (np.zeros(n, np.int64), self.mean[None]))
         self.group_centre = mu - self.mean  # mu_g, centred (G, P)
@@ -147,9 +147,6 @@ class _BlockGreedy:
         self.r_lo, self.r_hi = radius[starts], np.maximum.reduceat(radius, starts)
         # slack of the annulus tests: rounding of the radii and of ||c - mu_g||
         self.tol = 1e-4 * self.r_hi + 64 * _U * float(np.sqrt(self.group_centre_sq.max()) + self.r_hi.max() + np.abs(self.mean).sum())
-        self.group_blocks = np.searchsorted(self.block_group, np.arange(len(mu) + 1))  # group g: blocks [g_b[g], g_b[g+1])
-        self.group_rho = np.maximum.reduceat(self.r_hi, self.group_blocks[:-1])  # max radius of each group
-        self.tol_max = float(self.tol.max())
         self.dist = np.full(n, np.inf, np.float32)  # min_c sq_dist(x, c), in slot order
         self.block_max = np.full(len(starts), np.inf, np.float32)
         self.sel = np.empty(k, np.int64)
@@ -157,13 +154,7 @@ class _BlockGreedy:
     # ---- step 3: apply picks to all blocks --------------------------------------------------
     def _apply(self, picks: np.ndarray, exact: bool) -> None:
         """dist <- min(dist, sq_dist(x, c)) for the picked points c (m,) (all blocks; module docstring).
-        With ``exact=False`` (approx mode) a pick only reaches the blocks of its ``probe`` nearest groups.
-        Centres go in chunks of <= budget / (4 G), so every (group, centre) array is <= budget / 4."""
-        step = max(1, self.budget // (4 * len(self.group_centre)))
-        for s in range(0, len(picks), step):
-            self._apply_chunk(picks[s:s + step], exact)
-
-    def _apply_chunk(self, picks: np.ndarray, exact: bool) -> None:
+        With ``exact=False`` (approx mode) a pick only reaches the blocks of its ``probe`` nearest groups."""
         c = self.x[picks] - self.mean  # (m, P) centred
         cn = np.sqrt(_sqn(c))
         d2 = self.group_centre_sq[:, None] + cn[None] ** 2 - 2 * _mm(self.group_centre, np.ascontiguousarray(c.T))
@@ -172,14 +163,9 @@ class _BlockGreedy:
         if not exact and len(lo) > self.probe:
             far = np.argpartition(d2, self.probe - 1, axis=0)[self.probe:]
             np.put_along_axis(lo, far, np.inf, axis=0)
-        del d2, e
-        # group test first: ||x - c|| >= ||c - mu_g|| - rho_g for every x of group g
-        gmax = np.maximum.reduceat(self.block_max, self.group_blocks[:-1])  # (G,) max dist of each group
-        live = np.flatnonzero(((lo - self.group_rho[:, None]) < (np.sqrt(gmax) * (1 + 1e-6) + self.tol_max)[:, None]).any(1))
-        blocks = _expand(self.group_blocks[live], self.group_blocks[live + 1])
         step = max(1, self.budget // (4 * len(picks)))
-        for b0 in range(0, len(blocks), step):  # (block, centre) tests in pieces of <= budget / 4
-            bl = blocks[b0:b0 + step]
+        for b0 in range(0, len(self.block_max), step):  # (block, centre) tests in pieces of <= budget / 4
+            bl = np.arange(b0, min(len(self.block_max), b0 + step))
             bg, reach = self.block_group[bl], np.sqrt(self.block_max[bl]) * (1 + 1e-6) + self.tol[bl]  # (nb,)
             # lower bound of ||x - c|| over the annulus of each block (nb, m)
             lb = np.maximum(lo[bg] - self.r_hi[bl, None], self.r_lo[bl, None] - hi[bg])
