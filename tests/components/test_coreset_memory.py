@@ -6,7 +6,6 @@ the kind of bank where pruning fails and the old lazy path grew to 9 GB (issue: 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap

@@ -45,6 +45,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..progress import bar
 from .knn import _kcenter, _mm, _nearest, _sqn
 
@@ -343,7 +344,6 @@ def _run(x: np.ndarray, k: int, start: int, mode: CoresetMode, budget: int) -> n
 
 def check_mode(mode: str) -> None:
     if mode not in MODES:
-        from ..errors import ConfigError
         raise ConfigError(f"coreset mode={mode!r} is not allowed; allowed values: {', '.join(map(repr, MODES))}")
 
 

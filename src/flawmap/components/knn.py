@@ -145,7 +145,7 @@ class NearestNeighborIndex:
         if not len(g):
             return
         o = np.argsort(g, kind="stable")
-        g, qi, dlo, dhi, k = g[o], qi[o], dlo[o], dhi[o], best.shape[1]
+        g, qi, dlo, dhi = g[o], qi[o], dlo[o], dhi[o]
         u = np.sqrt(best.max(1)[qi] + self.kappa * (qn[qi] + self.xmax) ** 2) if u0 is None else u0[qi]
         cuts = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
         for s, e in zip(cuts[:-1], cuts[1:]):
