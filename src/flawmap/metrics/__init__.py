@@ -7,6 +7,9 @@ from .evaluate import METRIC_KEYS, evaluate
 from .f1 import f1_max, pixel_f1_max
 from .pro import aupro, pro_curve
 from .thresholds import (
+    Calibration,
+    calibrate,
+    fpr_threshold,
     MinMaxNormalizer,
     apply_threshold,
     f1_threshold,
@@ -17,6 +20,9 @@ from .thresholds import (
 )
 
 __all__ = [
+    "Calibration",
+    "calibrate",
+    "fpr_threshold",
     "METRIC_KEYS",
     "MinMaxNormalizer",
     "aupro",

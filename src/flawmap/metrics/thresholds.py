@@ -113,3 +113,103 @@ def map_display_range(maps: Any, percentiles: tuple[float, float] = (1.0, 99.9),
     if v.size == 0:
         raise DataError("map_display_range: no finite map value")
     return float(np.percentile(v, lo_pct)), float(np.percentile(v, hi_pct) * headroom)
+
+
+# ---- calibration of a deployed model (held-out good images -> thresholds + normalisation) ----------
+def fpr_threshold(scores_good: Any, target_fpr: float) -> tuple[float, float]:
+    """Threshold t for the decision ``score >= t`` with false-alarm rate at most ``target_fpr`` on new good
+    images, from n held-out good scores (split-conformal rule).
+
+    With sorted scores s_(1) <= ... <= s_(n) and k = ceil((n + 1)(1 - target_fpr)), t is just above s_(k):
+    a new exchangeable good score exceeds s_(k) with probability (n + 1 - k) / (n + 1) <= target_fpr.
+    When k > n (too few images for the target: n + 1 < 1 / target_fpr) t is just above the maximum and the
+    guaranteed rate is only 1 / (n + 1). Returns (t, guaranteed_fpr); ``guaranteed_fpr`` >= 1 / (n + 1) is
+    the resolution the number of calibration images allows.
+    """
+    if not 0.0 < float(target_fpr) < 1.0:
+        raise ConfigError(f"target FPR must be in (0, 1) (e.g. 0.01 for 1%); got {target_fpr!r}")
+    v = np.sort(as_array(scores_good).astype(np.float64, copy=False).ravel())
+    if v.size == 0 or not np.isfinite(v).all():
+        raise DataError(f"fpr_threshold: need finite scores of good images; got {v.size} values")
+    n = v.size
+    k = min(int(np.ceil((n + 1) * (1.0 - float(target_fpr)) - 1e-9)), n)  # 1-based rank
+    return float(np.nextafter(v[k - 1], np.inf)), (n + 1 - k) / (n + 1)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Decision rule of a deployed model, fitted on good images the model did not see.
+
+    ``image_threshold``: image score threshold (anomalous iff score >= it) for ``target_fpr``;
+    ``guaranteed_fpr``: the false-alarm rate the ``n_images`` calibration images can guarantee
+    (>= 1 / (n_images + 1)); ``pixel_threshold``: map value above which a pixel is drawn inside the defect
+    contour (the same rule on the per-image map maxima: at most ``target_fpr`` of good images show any
+    pixel above it); ``score_low``: minimum calibration score, normalised to 0 (the threshold maps to 0.5,
+    ``2 * threshold - score_low`` to 1); ``map_range``: display colour scale of maps; ``source``: which
+    images were used (human-readable).
+    """
+
+    image_threshold: float
+    pixel_threshold: float
+    score_low: float
+    target_fpr: float
+    guaranteed_fpr: float
+    n_images: int
+    map_range: tuple[float, float]
+    source: str = ""
+
+    def normalize(self, scores: Any) -> np.ndarray:
+        """Raw scores -> [0, 1], monotone, ``image_threshold`` -> 0.5 (float64)."""
+        v = as_array(scores).astype(np.float64)
+        span = self.image_threshold - self.score_low
+        if span <= 0.0:
+            return np.where(v >= self.image_threshold, 1.0, 0.0)
+        return np.clip(0.5 * (v - self.score_low) / span, 0.0, 1.0)
+
+    def decide(self, scores: Any) -> np.ndarray:
+        """Boolean verdicts: anomalous iff raw score >= ``image_threshold``."""
+        return apply_threshold(scores, self.image_threshold)
+
+    def with_threshold(self, threshold: float) -> Calibration:
+        """The same calibration with a user-given image threshold (e.g. ``--threshold``)."""
+        from dataclasses import replace
+
+        if not np.isfinite(threshold):
+            raise ConfigError(f"threshold must be a finite number; got {threshold!r}")
+        return replace(self, image_threshold=float(threshold), source=f"{self.source}; threshold set by the user")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (stored as ``extra.calibration`` in a model's config.json)."""
+        return {"kind": "held_out_fpr", "image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold,
+                "score_low": self.score_low, "target_fpr": self.target_fpr, "guaranteed_fpr": self.guaranteed_fpr,
+                "n_images": self.n_images, "map_range": list(self.map_range), "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Calibration:
+        """Inverse of ``to_dict``; a malformed dict raises ConfigError naming the field."""
+        if not isinstance(d, dict) or d.get("kind") != "held_out_fpr":
+            raise ConfigError(f"calibration: expected a mapping with kind 'held_out_fpr'; got {d!r:.80}")
+        try:
+            mr = d["map_range"]
+            out = cls(image_threshold=float(d["image_threshold"]), pixel_threshold=float(d["pixel_threshold"]),
+                      score_low=float(d["score_low"]), target_fpr=float(d["target_fpr"]),
+                      guaranteed_fpr=float(d["guaranteed_fpr"]), n_images=int(d["n_images"]),
+                      map_range=(float(mr[0]), float(mr[1])), source=str(d.get("source", "")))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ConfigError(f"calibration: missing or invalid field ({exc!r})") from None
+        if not all(np.isfinite([out.image_threshold, out.pixel_threshold, out.score_low])) or out.n_images < 1:
+            raise ConfigError("calibration: thresholds must be finite and n_images >= 1")
+        return out
+
+
+def calibrate(scores_good: Any, maps_good: Any, target_fpr: float = 0.01, source: str = "") -> Calibration:
+    """Calibration from the image scores (N,) and maps (N, H, W) of N held-out good images."""
+    s = as_array(scores_good).astype(np.float64, copy=False).ravel()
+    m = as_array(maps_good)
+    if m.ndim != 3 or m.shape[0] != s.size:
+        raise DataError(f"calibrate: expected maps (N, H, W) for N = {s.size} scores; got shape {m.shape}")
+    thr, guaranteed = fpr_threshold(s, target_fpr)
+    pix, _ = fpr_threshold(m.reshape(len(m), -1).max(axis=1), target_fpr)
+    return Calibration(image_threshold=thr, pixel_threshold=pix, score_low=float(s.min()),
+                       target_fpr=float(target_fpr), guaranteed_fpr=guaranteed, n_images=int(s.size),
+                       map_range=map_display_range(m, headroom=2.0), source=source)
