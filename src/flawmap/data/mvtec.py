@@ -17,7 +17,7 @@ import torch
 from ..errors import ConfigError, DataError
 from ..progress import progress
 from .images import IMAGE_SUFFIXES, check_image_size, load_image, read_mask, warn_distorted
-from .transform import Transform, preprocessing  # noqa: F401 - re-exported: flawmap.data.mvtec.Transform
+from .transform import Transform
 
 logger = logging.getLogger(__name__)
 

@@ -187,7 +187,10 @@ def export_model(model: str | Path, out: str | Path, fmt: str = "onnx", *, overw
     data = _with_metadata(_trace(pred.detector, torch.from_numpy(probe)), metadata(pred, model))
     if check:
         _check(data, pred, probe, out)
-    atomic_write_bytes(out, data)
+    try:
+        atomic_write_bytes(out, data)
+    except OSError as exc:  # disk full, permissions: nothing is left behind (atomic_write removes its temporary file)
+        raise OutputError(f"cannot write {out}: {exc.strerror or exc}; nothing was written") from None
     log.info("export: wrote %s (%.1f MB)", out, len(data) / 2**20)
     return out
 
