@@ -1,4 +1,4 @@
-"""Command line: flawmap fit | predict | test | bench | tune | report | list."""
+"""Command line: flawmap fit | predict | test | export | bench | tune | report | list."""
 
 from __future__ import annotations
 
@@ -326,6 +326,16 @@ def _check_override_keys(study, args: argparse.Namespace) -> None:
                                   f"selected methods: {allowed}")
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .deploy.export import export_model
+
+    t0 = time.perf_counter()
+    out = export_model(args.model, args.out, args.format, overwrite=args.force)
+    print(f"exported {args.model} -> {out} ({out.stat().st_size / 2**20:.1f} MB, {time.perf_counter() - t0:.1f} s); "
+          f"run it without PyTorch: flawmap predict {out} IMAGES")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.executors import make_executor
     from .bench.runner import RunOptions
@@ -461,6 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", required=True, help="category folder under --data")
     p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
     p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("export", help="export a saved model to one ONNX file (runs with onnxruntime, without PyTorch)")
+    p.add_argument("model", help="model folder written by `flawmap fit` (patchcore, padim or fastflow)")
+    p.add_argument("--format", default="onnx", help="export format (default and only one: onnx)")
+    p.add_argument("-o", "--out", required=True, help="file to write (.onnx); the preprocessing and calibration "
+                   "are stored inside it; an existing export is replaced only with --force")
+    p.add_argument("--force", action="store_true", help="replace an existing flawmap ONNX export at --out")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="fit + evaluate methods on categories; one results row per run (sweeps, studies)")
     p.add_argument("config", nargs="?", help="optional YAML config (keys: data, categories, methods{name: {params, grid, "

@@ -34,6 +34,16 @@ def sq_dists(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor | None = None)
     return d.clamp_(min=0.0)
 
 
+def nearest_dense(queries: torch.Tensor, bank: torch.Tensor, k: int = 1,
+                  bank_sq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact kNN of all queries (Q, D) at once -> (dists (Q, k), idx (Q, k)), sorted ascending: one (Q, M)
+    distance matrix, no Python loop, so it traces into an ONNX graph (``deploy.export``); ``knn`` runs it
+    chunk by chunk."""
+    d = sq_dists(queries, bank, bank_sq)
+    v, i = d.min(dim=1, keepdim=True) if k == 1 else torch.topk(d, k, dim=1, largest=False, sorted=True)
+    return v.sqrt(), i
+
+
 @torch.no_grad()
 def knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, chunk_elems: int = 2**24,
         bank_sq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,12 +56,8 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, chunk_elems: i
     q_chunk = max(1, chunk_elems // max(1, bank.shape[0]))
     out_d, out_i = [], []
     for s in range(0, queries.shape[0], q_chunk):
-        d = sq_dists(queries[s:s + q_chunk], bank, bank_sq)
-        if k == 1:
-            v, i = d.min(dim=1, keepdim=True)
-        else:
-            v, i = torch.topk(d, k, dim=1, largest=False, sorted=True)
-        out_d.append(v.sqrt_())
+        v, i = nearest_dense(queries[s:s + q_chunk], bank, k, bank_sq)
+        out_d.append(v)
         out_i.append(i)
     return torch.cat(out_d), torch.cat(out_i)
 

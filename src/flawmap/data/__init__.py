@@ -1,10 +1,36 @@
-"""Datasets: image decoding, the MVTec AD layout, transforms and a synthetic MVTec-style generator."""
+"""Datasets: image decoding, the MVTec AD layout, transforms and a synthetic MVTec-style generator.
+
+Image decoding (``images``) and the transform (``transform``) import no torch and are imported here;
+the MVTec loader and the synthetic generator are imported on first use (PEP 562), so that the ONNX
+runtime can use ``flawmap.data`` without torch.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from .images import IMAGE_SUFFIXES, load_image, load_mask
-from .mvtec import CategoryData, Sample, Split, Transform, list_categories, load_split, preprocessing, scan_category
-from .synthetic import default_synthetic_root, ensure_synthetic_dataset, make_synthetic_mvtec
+from .transform import Transform, preprocessing
+
+_LAZY = {
+    "CategoryData": "mvtec", "Sample": "mvtec", "Split": "mvtec", "list_categories": "mvtec", "load_split": "mvtec",
+    "scan_category": "mvtec",
+    "default_synthetic_root": "synthetic", "ensure_synthetic_dataset": "synthetic", "make_synthetic_mvtec": "synthetic",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -1,4 +1,4 @@
-"""MVTec AD layout: scanning categories, image transforms and loading splits into tensors."""
+"""MVTec AD layout: scanning categories and loading splits into tensors (the transform is data/transform.py)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..errors import ConfigError, DataError
 from ..progress import progress
 from .images import IMAGE_SUFFIXES, check_image_size, load_image, read_mask, warn_distorted
+from .transform import Transform
 
 logger = logging.getLogger(__name__)
 
 GOOD = "good"
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
-_MAX_SIDE = 8192
 
 
 @dataclass(frozen=True)
@@ -164,99 +163,6 @@ def scan_category(root: str | PathLike[str], category: str) -> CategoryData:
     if not has_gt:
         logger.info("%s has no ground_truth folder: pixel metrics will be unavailable", cat_dir)
     return CategoryData(root, category, train, tuple(test), has_gt)
-
-
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
-
-
-def _check_size(name: str, v: Any, hi: int) -> None:
-    ok_int = lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool) and 1 <= x <= hi  # noqa: E731
-    if ok_int(v) or (isinstance(v, (tuple, list)) and len(v) == 2 and all(ok_int(x) for x in v)):
-        return
-    raise ConfigError(f"Transform.{name} must be an int or (height, width) pair of ints in [1, {hi}]; got {v!r}")
-
-
-@dataclass(frozen=True)
-class Transform:
-    """Resize (antialiased bilinear) to `resize`, then optional center crop; images -> float [0, 1] tensors."""
-
-    resize: int | tuple[int, int] = 256
-    crop: int | tuple[int, int] | None = None
-
-    def validate(self) -> None:
-        """Raise ConfigError if a value is outside its allowed range."""
-        _check_size("resize", self.resize, _MAX_SIDE)
-        if self.crop is not None:
-            _check_size("crop", self.crop, _MAX_SIDE)
-            (rh, rw), (ch, cw) = _pair(self.resize), _pair(self.crop)
-            if ch > rh or cw > rw:
-                raise ConfigError(f"Transform.crop {(ch, cw)} must not exceed resize {(rh, rw)}")
-
-    @property
-    def output_size(self) -> tuple[int, int]:
-        """(height, width) of transformed images."""
-        return _pair(self.crop) if self.crop is not None else _pair(self.resize)
-
-    def _geometry(self, im: Image.Image, resample: Image.Resampling) -> Image.Image:
-        rh, rw = _pair(self.resize)
-        if im.size != (rw, rh):
-            im = im.resize((rw, rh), resample)
-        if self.crop is not None:
-            ch, cw = _pair(self.crop)
-            top, left = int(round((rh - ch) / 2.0)), int(round((rw - cw) / 2.0))
-            im = im.crop((left, top, left + cw, top + ch))
-        return im
-
-    def __call__(self, img: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) -> float32 (3, H', W') in [0, 1]."""
-        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise DataError(f"Transform expects a uint8 (H, W, 3) image; got {img.dtype} {img.shape}")
-        out = np.array(self._geometry(Image.fromarray(img), Image.Resampling.BILINEAR))  # writable copy
-        return torch.from_numpy(out).permute(2, 0, 1).float().div_(255.0)
-
-    def mask(self, m: np.ndarray) -> torch.Tensor:
-        """bool (H, W) -> bool (H', W'), nearest-neighbour so it stays binary."""
-        if m.ndim != 2:
-            raise DataError(f"Transform.mask expects a (H, W) mask; got shape {m.shape}")
-        im = Image.fromarray((m != 0).astype(np.uint8) * 255)
-        return torch.from_numpy(np.asarray(self._geometry(im, Image.Resampling.NEAREST)) > 127)
-
-    def to_dict(self) -> dict[str, Any]:
-        conv = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
-        return {"resize": conv(self.resize), "crop": conv(self.crop)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Transform":
-        if unknown := set(d) - {"resize", "crop"}:
-            raise ConfigError(f"unknown Transform keys {sorted(unknown)}; allowed: resize, crop")
-        conv = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
-        return cls(resize=conv(d.get("resize", 256)), crop=conv(d.get("crop")))
-
-
-def preprocessing(paper: Transform | Mapping[str, Any], resize: int | None = None, crop: int | None = None) -> Transform:
-    """The one rule that turns user-given ``resize`` / ``crop`` into the Transform every command uses.
-
-    ``paper`` is the method's paper preprocessing (``BaseDetector.paper_transform``). A value that is not
-    given (None) is the paper's; ``crop=0`` means no crop. So ``resize=300`` alone keeps the paper crop,
-    ``crop=200`` alone keeps the paper resize. ``resize`` must be an integer >= 1, ``crop`` an integer >= 0,
-    and a crop larger than the resize is an error (ConfigError naming the allowed values).
-    """
-    if not isinstance(paper, Transform):
-        paper = Transform.from_dict(dict(paper))
-    for name, v, low in (("resize", resize, 1), ("crop", crop, 0)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not low <= v <= _MAX_SIDE):
-            zero = " (0 = no crop)" if name == "crop" else ""
-            raise ConfigError(f"{name} must be an integer in [{low}, {_MAX_SIDE}]{zero} or unset for the paper "
-                              f"setting ({getattr(paper, name)!r}); got {v!r}")
-    tf = Transform(resize=paper.resize if resize is None else int(resize),
-                   crop=paper.crop if crop is None else (int(crop) or None))
-    if tf.crop is not None and tf.resize is not None and (
-            _pair(tf.crop)[0] > _pair(tf.resize)[0] or _pair(tf.crop)[1] > _pair(tf.resize)[1]):
-        raise ConfigError(f"crop {tf.crop!r} must not exceed resize {tf.resize!r}; give a crop <= the resize, "
-                          "or crop 0 for no crop")
-    tf.validate()
-    return tf
 
 
 @dataclass

@@ -48,7 +48,7 @@ class Predictor(Protocol):
 
 def preprocess(transform: Any, images: Sequence[np.ndarray]) -> np.ndarray:
     """uint8 (H, W, 3) images -> (N, 3, H', W') float32 in [0, 1] with the model's Transform."""
-    return np.stack([np.asarray(transform(img), dtype=np.float32) for img in images])
+    return np.stack([transform.to_array(img) for img in images])  # numpy: no torch on the ONNX path
 
 
 def decide(calibration: Calibration | None, scores: np.ndarray) -> list[Verdict]:

@@ -68,7 +68,7 @@ class FastFlowModel(nn.Module):
 
 def _normalise(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """LayerNorm over (C, h, w) per sample, without affine (the affine is learned in FastFlowModel)."""
-    return {k: F.layer_norm(v, v.shape[1:]) for k, v in feats.items()}
+    return {k: F.layer_norm(v, [int(s) for s in v.shape[1:]]) for k, v in feats.items()}  # ints: a traced (ONNX) graph needs a static shape
 
 
 @register_detector("fastflow")

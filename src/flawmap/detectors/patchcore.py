@@ -13,6 +13,7 @@ predict: per test patch, s = min_{m in M_C} ||p - m||_2 (patch-grid map, upsampl
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -147,22 +148,33 @@ class PatchCore(BaseDetector):
         return self._index.search(q, k) if self._index is not None else knn(q, self.memory_bank_, k)
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = extract_features(self._backbone, images, batch_size=len(images), device=self._backbone.device)
+        return self._score(feats, tuple(images.shape[-2:]), self._nearest)
+
+    def _score(self, feats: dict[str, torch.Tensor], size: tuple[int, int],
+               nearest: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone features {layer: (B, C_l, h_l, w_l)} -> scores (B,), maps (B, H, W) for images of ``size``.
+
+        ``nearest(q (Q, D), k) -> (dists (Q, k), idx (Q, k))`` searches M_C: the pruned index or the chunked
+        ``knn`` in ``_predict``, the dense ``knn.nearest_dense`` in an ONNX export (gathers, no Python loop
+        over the batch, so the traced graph takes any batch size).
+        """
         bank = self.memory_bank_
-        emb = self._embed(extract_features(self._backbone, images, batch_size=len(images), device=self._backbone.device))
+        emb = self._embed(feats)
         b, h, w, d = emb.shape
         q = emb.reshape(-1, d).to(bank.device)
-        dist, nn_idx = self._nearest(q, 1)  # s per patch: (B*h*w, 1)
+        dist, nn_idx = nearest(q, 1)  # s per patch: (B*h*w, 1)
         patch = dist.view(b, h * w)
         s_star, arg = patch.max(dim=1)  # s* and the index of m_test,* per image
-        m_test = q.view(b, h * w, d)[torch.arange(b), arg]  # (B, D)
-        m_star = bank[nn_idx.view(b, h * w)[torch.arange(b), arg]]  # (B, D)
+        m_test = q.view(b, h * w, d).gather(1, arg.view(-1, 1, 1).expand(-1, 1, d)).squeeze(1)  # (B, D)
+        m_star = bank[nn_idx.view(b, h * w).gather(1, arg.view(-1, 1)).squeeze(1)]  # (B, D)
         # eq. 7: w = 1 - exp||m_test - m*|| / sum_{m in N_b(m*)} exp||m_test - m||
         k = min(self.num_neighbors, len(bank))
-        _, nb = self._nearest(m_star, k)  # N_b(m*) (B, b)
+        _, nb = nearest(m_star, k)  # N_b(m*) (B, b)
         d_nb = (m_test.unsqueeze(1) - bank[nb]).norm(dim=-1)  # (B, b)
         weight = 1.0 - torch.exp(s_star - torch.logsumexp(d_nb, dim=1))
         scores = weight * s_star
-        maps = anomaly_map(patch.view(b, h, w).cpu(), tuple(images.shape[-2:]), self.sigma)
+        maps = anomaly_map(patch.view(b, h, w).cpu(), size, self.sigma)
         return scores, maps
 
     @classmethod
