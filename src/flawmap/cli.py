@@ -211,7 +211,6 @@ def _parse_corruption(text: str):
 def _apply_method_overrides(cfg, args: argparse.Namespace, study_mode: bool) -> None:
     """--methods / --param / --grid / --device on one sweep config (in place)."""
     from .bench.config import MethodConfig, check_method
-    from .errors import ConfigError
     from .registry import detector_class
 
     if args.methods:
