@@ -115,6 +115,11 @@ class MicroBatcher:
             t0 = time.perf_counter()
             try:
                 scores, maps = await loop.run_in_executor(self._executor, self.raw, x)
+            except asyncio.CancelledError:  # stopped mid-batch: its requests must not wait forever
+                for it in batch:
+                    if not it.future.done():
+                        it.future.set_exception(ShuttingDown("the server is shutting down"))
+                raise
             except Exception as exc:  # noqa: BLE001 - the model failed: every waiting request gets the error
                 log.exception("inference failed on a batch of %d images", len(batch))
                 for it in batch:
