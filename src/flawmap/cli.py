@@ -211,7 +211,6 @@ def _parse_corruption(text: str):
 def _apply_method_overrides(cfg, args: argparse.Namespace, study_mode: bool) -> None:
     """--methods / --param / --grid / --device on one sweep config (in place)."""
     from .bench.config import MethodConfig, check_method
-    from .errors import ConfigError
     from .registry import detector_class
 
     if args.methods:
@@ -429,6 +428,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .serve.server import open_model, run_server
+    from .serve.settings import API_KEY_ENV, ServeSettings
+
+    settings = ServeSettings(model=args.model, host=args.host, port=args.port, workers=args.workers, device=args.device,
+                             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_image_mb=args.max_image_mb,
+                             max_pixels=args.max_pixels, max_images=args.max_images,
+                             api_key=args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV),
+                             shutdown_timeout_s=args.shutdown_timeout)
+    predictor = open_model(settings)  # a bad model fails here, before the port is bound (one line, exit 2)
+    if settings.workers > 1:
+        predictor = None  # each worker process loads its own copy
+    auth = "API key required" if settings.api_key else "no API key"
+    print(f"flawmap serve: {predictor.method if predictor else args.model} on http://{settings.host}:{settings.port}/ "
+          f"(page /, API docs /docs; {settings.workers} worker(s), max batch {settings.max_batch}, {auth})", flush=True)
+    run_server(settings, predictor)
+    return 0
+
+
 # ---- entry point --------------------------------------------------------------------------------
 def _add_global_args(p: argparse.ArgumentParser, default: Any = False) -> None:
     """The flags of every command, before or after its name (`flawmap -v bench` = `flawmap bench -v`). In the
@@ -569,6 +589,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list methods and backbones, or a method's hyperparameters")
     p.add_argument("--params", metavar="METHOD", default=None, help="show METHOD's hyperparameters and defaults")
     p.set_defaults(func=cmd_list)
+    p = sub.add_parser("serve", help="HTTP service + web page scoring images with a model folder or an exported .onnx")
+    p.add_argument("model", help="model folder written by `flawmap fit`, or an .onnx file written by `flawmap export`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
+                   "0.0.0.0 for every interface)")
+    p.add_argument("--port", type=_int_at_least(0), default=8000, help="TCP port (default 8000)")
+    p.add_argument("--workers", type=_int_at_least(1), default=1, help="server processes, each loading the model once "
+                   "(default 1)")
+    p.add_argument("--max-batch", type=_int_at_least(1), default=8, help="images per forward pass: concurrent requests "
+                   "are grouped up to this (default 8)")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long the first image of a batch waits for others "
+                   "(default 2 ms)")
+    p.add_argument("--max-image-mb", type=float, default=20.0, help="largest encoded image accepted (default 20 MB)")
+    p.add_argument("--max-pixels", type=_int_at_least(1), default=50_000_000, help="largest width x height accepted "
+                   "(default 50 000 000)")
+    p.add_argument("--max-images", type=_int_at_least(1), default=16, help="images per request (default 16); the body "
+                   "limit is this x --max-image-mb")
+    p.add_argument("--api-key", default=None, help="require this key (X-API-Key header, Authorization: Bearer, or HTTP "
+                   "Basic password) on every endpoint but /healthz (default: $FLAWMAP_API_KEY; unset = open)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds in-flight requests may take after "
+                   "SIGTERM (default 30)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved, i.e. auto: CUDA when present)")
+    p.set_defaults(func=cmd_serve)
+
     for p in sub.choices.values():  # global flags are accepted after the subcommand too
         _add_global_args(p, default=argparse.SUPPRESS)
     return ap

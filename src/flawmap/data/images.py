@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from os import PathLike
 from pathlib import Path
@@ -21,9 +22,14 @@ _TO_RGB = {"1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", 
 _NATIVE = {"L", "LA", "RGB", "RGBA", "I", "F"}
 
 
-def _from_pil(path: Path) -> np.ndarray:
+class ImageTooLargeError(DataError):
+    """An image (or its encoded bytes) is over a configured size limit."""
+
+
+def _from_pil(source: Path | io.BytesIO, name: str, max_pixels: int | None = None) -> np.ndarray:
     """Decode with PIL into a channel-last array of the file's native depth."""
-    with Image.open(path) as im:
+    with Image.open(source) as im:
+        _check_pixels(im.size[0], im.size[1], name, max_pixels)  # from the header, before decoding
         im.load()  # decode now so truncated/corrupt files fail here
         mode = im.mode
         if mode in _TO_RGB:
@@ -31,22 +37,58 @@ def _from_pil(path: Path) -> np.ndarray:
         elif mode.startswith("I;16"):
             return np.asarray(im).astype(np.uint16)
         elif mode not in _NATIVE:
-            raise DataError(f"image {path}: unsupported image mode {mode!r}")
+            raise DataError(f"image {name}: unsupported image mode {mode!r}")
         return np.array(im)
 
 
-def _from_tifffile(path: Path) -> np.ndarray:
+def _check_pixels(w: int, h: int, name: str, max_pixels: int | None) -> None:
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageTooLargeError(f"image {name} is {w}x{h} px (WxH) = {w * h} pixels, over the limit of {max_pixels}")
+
+
+def _from_tifffile(source: Path | io.BytesIO, name: str, max_pixels: int | None = None) -> np.ndarray:
     """Exact decoding of grayscale/RGB TIFFs of any depth (PIL mangles 16-bit multi-channel TIFFs)."""
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    with tifffile.TiffFile(source) as tif:
         page = tif.pages[0]
         photometric = getattr(page.photometric, "name", str(page.photometric))
         if photometric not in ("MINISBLACK", "RGB"):
             raise ValueError(f"photometric {photometric} left to PIL")
+        _check_pixels(int(page.imagewidth), int(page.imagelength), name, max_pixels)
         arr = np.asarray(page.asarray())
         if arr.ndim == 3 and getattr(page.planarconfig, "name", "") == "SEPARATE":
             arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) -> (H, W, C)
+    return arr
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _decode_raw(open_source, name: str, what: str, is_tiff: bool, max_pixels: int | None) -> np.ndarray:
+    """Decode to (H, W) or (H, W, C) with C in 1..4; any failure -> DataError naming ``name``.
+    ``open_source()`` returns a fresh Path or BytesIO (TIFFs may be tried twice)."""
+    arr: np.ndarray | None = None
+    if is_tiff:
+        try:
+            arr = _from_tifffile(open_source(), name, max_pixels)
+        except ImageTooLargeError:
+            raise
+        except Exception as tiff_err:  # palette, CMYK, JPEG-in-TIFF, missing codecs...: PIL may manage
+            logger.debug("tifffile cannot read %s (%s); trying PIL", name, tiff_err)
+    try:
+        if arr is None:
+            arr = _from_pil(open_source(), name, max_pixels)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as err:  # PIL's own limit, above any max_pixels given
+        raise ImageTooLargeError(f"{what} {name}: {err}") from err
+    except Exception as err:  # PIL raises many types: OSError, SyntaxError, ValueError, ...
+        raise DataError(f"cannot read {what} {name}: not a valid or complete image file ({type(err).__name__}: {err})") from err
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (2, 3, 4)) or arr.size == 0:
+        raise DataError(f"{what} {name}: unsupported array shape {arr.shape} (expected HxW or HxWxC with C<=4)")
     return arr
 
 
@@ -55,24 +97,7 @@ def _read_raw(path: str | PathLike[str], what: str) -> tuple[Path, np.ndarray]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{what} file not found: {p}")
-    arr: np.ndarray | None = None
-    if p.suffix.lower() in _TIFF_SUFFIXES:
-        try:
-            arr = _from_tifffile(p)
-        except Exception as tiff_err:  # palette, CMYK, JPEG-in-TIFF, missing codecs...: PIL may manage
-            logger.debug("tifffile cannot read %s (%s); trying PIL", p, tiff_err)
-    try:
-        if arr is None:
-            arr = _from_pil(p)
-    except DataError:
-        raise
-    except Exception as err:  # PIL raises many types: OSError, SyntaxError, ValueError, ...
-        raise DataError(f"cannot read {what} {p}: not a valid or complete image file ({type(err).__name__}: {err})") from err
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (2, 3, 4)) or arr.size == 0:
-        raise DataError(f"{what} {p}: unsupported array shape {arr.shape} (expected HxW or HxWxC with C<=4)")
-    return p, arr
+    return p, _decode_raw(lambda: p, str(p), what, p.suffix.lower() in _TIFF_SUFFIXES, None)
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -96,7 +121,23 @@ def load_image(path: str | PathLike[str]) -> np.ndarray:
 
     Raises DataError naming the file for missing, truncated, corrupt or unsupported files.
     """
-    p, arr = _read_raw(path, "image")
+    return _as_rgb(_read_raw(path, "image")[1])
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int | None = None) -> np.ndarray:
+    """Encoded image bytes (PNG, JPEG, BMP, TIFF) -> RGB uint8 (H, W, 3), with the rules of ``load_image``.
+
+    Raises DataError naming ``name`` for empty, truncated, corrupt or unsupported data, and
+    ImageTooLargeError (a DataError) when width * height exceeds ``max_pixels`` (checked from the header,
+    before the pixels are decoded).
+    """
+    if not data:
+        raise DataError(f"image {name}: empty (0 bytes)")
+    return _as_rgb(_decode_raw(lambda: io.BytesIO(data), name, "image", data[:4] in _TIFF_MAGIC, max_pixels))
+
+
+def _as_rgb(arr: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) of any depth -> RGB uint8 (H, W, 3); alpha is composited on black."""
     arr = _to_uint8(arr)
     if arr.ndim == 2:
         return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))

@@ -88,6 +88,7 @@ class TorchPredictor:
         self.transform = Transform.from_dict(extra["transform"])
         self.calibration = calibration_of(extra, str(self.path))
         self.detector = load_detector(self.path, device=device)
+        self.device = str(self.detector.device_)  # where raw runs (reported by `flawmap serve`)
         self.card = {"method": self.method, "params": cfg["params"], "backbone": cfg["params"].get("backbone"),
                      "preprocessing": extra["transform"], "input_size": list(self.transform.output_size),
                      "calibration": None if self.calibration is None else self.calibration.to_dict(),

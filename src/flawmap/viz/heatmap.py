@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,15 @@ def panel(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, thresho
     return np.concatenate(out, axis=1)
 
 
+def png_bytes(array: np.ndarray) -> bytes:
+    """uint8 (H, W, 3) -> PNG file bytes, in memory (``flawmap serve``)."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_png(array: np.ndarray, path: str | Path) -> Path:
+    """uint8 (H, W, 3) -> a PNG file at ``path`` (parent folders created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)

@@ -1,0 +1,50 @@
+"""The JSON record of one scored image (``POST /v1/predict``), with the optional overlay PNG or raw map."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+
+from ..deploy.predictor import Verdict
+from ..metrics.thresholds import map_display_range
+from ..viz.heatmap import panel, png_bytes, to_uint8_image
+
+HEATMAP_CHOICES = ("png",)
+MAP_CHOICES = ("npy",)
+
+
+def overlay_png(pred: Any, x: np.ndarray, amap: np.ndarray) -> bytes:
+    """The panel ``flawmap predict`` writes (image | heatmap | overlay with the defect contour) as PNG
+    bytes, for the model input x (3, H, W) and its map (H, W): colour scale and contour from the
+    calibration; without one, the map's own range and no contour."""
+    cal = pred.calibration
+    lo, hi = cal.map_range if cal is not None else map_display_range(amap, percentiles=(0.0, 100.0))
+    return png_bytes(panel(to_uint8_image(x), amap, lo, hi, None if cal is None else cal.pixel_threshold))
+
+
+def npy_bytes(amap: np.ndarray) -> bytes:
+    """The raw map (H, W) float32 as a ``.npy`` file."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(amap, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def image_record(name: str, size_hw: tuple[int, int], verdict: Verdict, ms: float, batch_size: int,
+                 heatmap: bytes | None = None, amap: bytes | None = None) -> dict[str, Any]:
+    """One image's result: raw ``score``, ``normalized_score`` in [0, 1] (threshold at 0.5), ``anomalous``
+    and ``verdict`` ("ok" / "anomalous"; None without a calibration), the ``threshold``, the uploaded image
+    size, server milliseconds and the size of the forward pass it shared; base64 PNG / .npy when asked."""
+    rec: dict[str, Any] = {
+        "name": name, "width": int(size_hw[1]), "height": int(size_hw[0]),
+        "score": verdict.score, "normalized_score": verdict.normalized_score, "anomalous": verdict.anomalous,
+        "verdict": None if verdict.anomalous is None else ("anomalous" if verdict.anomalous else "ok"),
+        "threshold": verdict.threshold, "ms": round(ms, 3), "batch_size": batch_size,
+    }
+    if heatmap is not None:
+        rec["heatmap_png"] = base64.b64encode(heatmap).decode("ascii")
+    if amap is not None:
+        rec["map_npy"] = base64.b64encode(amap).decode("ascii")
+    return rec
