@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flawmap import get_detector
-from flawmap.detectors import patchcore as pc
+from flawmap.components import features as features_mod
 from flawmap.errors import ConfigError
 
 
@@ -19,13 +19,13 @@ def _images(n: int, seed: int = 0, size: int = 64) -> torch.Tensor:
 
 def test_bank_over_the_budget_is_refused_before_the_backbone_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = pc.extract_features
+    real = features_mod.extract_features
 
     def counting(backbone, images, **kw):  # type: ignore[no-untyped-def]
         calls.append(len(images))
         return real(backbone, images, **kw)
 
-    monkeypatch.setattr(pc, "extract_features", counting)
+    monkeypatch.setattr(features_mod, "extract_features", counting)  # the one feature path
     det = get_detector("patchcore", backbone="efficientnet_lite0", max_memory_gb=1e-4)
     with pytest.raises(ConfigError, match=r"--max-train.*--resize") as err:
         det.fit(_images(20))

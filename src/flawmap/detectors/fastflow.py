@@ -32,7 +32,6 @@ from torch import nn
 from ..base import BaseDetector, check_choice, check_range
 from ..components.anomaly_map import upsample
 from ..components.backbones import create_backbone, layers_at_strides, list_backbones
-from ..components.features import extract_features
 from ..components.flows import Flow2d, gaussian_nll
 from ..components.training import TrainSettings, fingerprint, seeded_init, train
 from ..errors import ConfigError
@@ -134,13 +133,14 @@ class FastFlow(BaseDetector):
     @torch.no_grad()
     def _build_modules(self) -> None:
         """FastFlowModel for the feature shapes of input_size_ (learned state restored by base)."""
-        shapes = [tuple(f.shape[1:]) for f in self._backbone(torch.zeros(1, 3, *self.input_size_)).values()]
+        probe = self._backbone_features(torch.zeros(1, 3, *self.input_size_), cached=False)  # shapes only
+        shapes = [tuple(f.shape[1:]) for f in probe.values()]
         self.flow_ = seeded_init(self.seed, lambda: FastFlowModel(
             shapes, self.flow_steps, self._ratio(), self.clamp, self.seed)).to(self.device_).eval()
 
-    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def _features(self, images: torch.Tensor, cached: bool = True) -> list[torch.Tensor]:
         """images (B, 3, H, W) -> normalised features [(B, C_l, h_l, w_l)] on the device."""
-        return list(_normalise(self._backbone(images.to(self.device_))).values())
+        return list(_normalise(self._backbone_features(images, device=self.device_, cached=cached)).values())
 
     def _fit(self, images: torch.Tensor) -> None:
         self.input_size_ = [int(images.shape[2]), int(images.shape[3])]
@@ -148,8 +148,8 @@ class FastFlow(BaseDetector):
         log.info("fastflow: %s layers %s, hidden ratio %.2f, %d flow parameters", self.backbone,
                  list(self._backbone.layers), self._ratio(), sum(p.numel() for p in self.flow_.parameters()))
         if self.cache_features:  # frozen backbone, no augmentation: features once, epochs cost the flows only
-            data: Any = {k: v.to(self.device_) for k, v in _normalise(extract_features(
-                self._backbone, images, batch_size=self.batch_size, desc="fastflow: features")).items()}
+            data: Any = {k: v.to(self.device_) for k, v in _normalise(self._backbone_features(
+                images, batch_size=self.batch_size)).items()}
 
             def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], g: torch.Generator) -> torch.Tensor:
                 return model(list(batch.values()))[1].mean()  # paper loss, mean over the batch
@@ -157,8 +157,8 @@ class FastFlow(BaseDetector):
             data = images
 
             def loss_fn(model: nn.Module, batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-                with torch.no_grad():
-                    feats = self._features(batch)
+                with torch.no_grad():  # shuffled batches never repeat: not worth caching
+                    feats = self._features(batch, cached=False)
                 return model(feats)[1].mean()
 
         params = {k: v for k, v in self.get_params().items() if k not in ("epochs", "checkpoint_dir", "cache_features", "anomaly_map")}
