@@ -89,6 +89,13 @@ def check_range(name: str, value: Any, low: float | None = None, high: float | N
         raise ConfigError(f"{name}={value!r} is out of range; allowed: {'(' if low_open else '['}{lo}, {hi}]")
 
 
+def check_layers(value: Any, default: str = "the paper's layers") -> None:
+    """``layers``: None (``default``) or a non-empty tuple/list of layer names (a bare string is refused)."""
+    if value is not None and (not isinstance(value, (list, tuple)) or not value
+                              or not all(isinstance(v, str) for v in value)):
+        raise ConfigError(f"layers must be None ({default}) or a non-empty tuple of layer names; got {value!r}")
+
+
 class BaseDetector:
     """Base class: parameters, validation at fit, batched predict, safe save/load."""
 

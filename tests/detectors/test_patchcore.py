@@ -69,3 +69,9 @@ def test_coreset_modes() -> None:
     assert len(approx.memory_bank_) == round(0.1 * 10 * 64)
     with pytest.raises(ConfigError, match="'exact', 'approx'"):
         get_detector("patchcore", backbone="efficientnet_lite0", coreset_mode="fast").fit(imgs)
+
+
+@pytest.mark.parametrize("layers", ["blocks.2", (), ("blocks.2", 3)])
+def test_bad_layers_are_refused_before_the_backbone_is_built(layers) -> None:
+    with pytest.raises(ConfigError, match=r"layers must be None \(the stride 8 and 16 layers\) or a non-empty tuple"):
+        get_detector("patchcore", backbone="efficientnet_lite0", layers=layers).fit(_images(2))

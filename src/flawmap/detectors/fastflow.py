@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import BaseDetector, check_choice, check_range
+from ..base import BaseDetector, check_choice, check_layers, check_range
 from ..components.anomaly_map import upsample
 from ..components.backbones import create_backbone, layers_at_strides, list_backbones
 from ..components.flows import Flow2d, gaussian_nll
-from ..components.training import TrainSettings, fingerprint, seeded_init, train
+from ..components.training import TrainSettings, check_train_params, fingerprint, seeded_init, train
 from ..errors import ConfigError
 from ..registry import register_detector
 
@@ -103,8 +103,7 @@ class FastFlow(BaseDetector):
     # ---- hooks -------------------------------------------------------------------------------
     def _validate_params(self) -> None:
         check_choice("backbone", self.backbone, list_backbones())
-        if self.layers is not None and (not isinstance(self.layers, (list, tuple)) or not self.layers):
-            raise ConfigError(f"layers must be None (the stride 4, 8, 16 layers) or a non-empty tuple of names; got {self.layers!r}")
+        check_layers(self.layers, "the stride 4, 8, 16 layers")
         if not isinstance(self.weights, str):
             raise ConfigError(f"weights must be 'imagenet', 'random' or a checkpoint path; got {self.weights!r}")
         check_range("flow_steps", self.flow_steps, 1, 64, integer=True)
@@ -112,16 +111,9 @@ class FastFlow(BaseDetector):
             check_range("hidden_ratio", self.hidden_ratio, 0, 8, low_open=True)
         check_range("clamp", self.clamp, 0, None, low_open=True)
         check_choice("anomaly_map", self.anomaly_map, ("prob", "nll"))
-        check_range("epochs", self.epochs, 1, None, integer=True)
-        check_range("batch_size", self.batch_size, 1, None, integer=True)
-        check_range("lr", self.lr, 0, 1, low_open=True)
         check_range("weight_decay", self.weight_decay, 0, 1)
         check_choice("cache_features", self.cache_features, (True, False))
-        check_range("val_fraction", self.val_fraction, 0, 0.5)
-        check_range("patience", self.patience, 0, None, integer=True)
-        check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
-        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, str):
-            raise ConfigError(f"checkpoint_dir must be None or a folder path string; got {self.checkpoint_dir!r}")
+        check_train_params(self)
 
     def _setup(self) -> None:
         layers = list(self.layers) if self.layers is not None else layers_at_strides(self.backbone, STRIDES)

@@ -17,7 +17,7 @@ import logging
 
 import torch
 
-from ..base import BaseDetector, batched, check_choice, check_range, seeded_generator
+from ..base import BaseDetector, batched, check_choice, check_layers, check_range, seeded_generator
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import create_backbone, layers_at_strides, list_backbones
 from ..components.features import concat_layers, finest_grid
@@ -71,8 +71,7 @@ class PaDiM(BaseDetector):
 
     def _validate_params(self) -> None:
         check_choice("backbone", self.backbone, list_backbones())
-        if self.layers is not None and (isinstance(self.layers, str) or not self.layers):
-            raise ConfigError(f"layers must be None or a non-empty tuple of layer names; got {self.layers!r}")
+        check_layers(self.layers, "the stride 4, 8, 16 layers")
         if self.n_features is not None:
             check_range("n_features", self.n_features, 1, integer=True)
         check_range("eps", self.eps, 0.0, low_open=True)

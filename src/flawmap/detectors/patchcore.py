@@ -17,7 +17,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from ..base import BaseDetector, check_choice, check_range, float_batch
+from ..base import BaseDetector, check_choice, check_layers, check_range, float_batch
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import create_backbone, list_backbones
 from ..components.coreset import MODES, greedy_coreset
@@ -72,6 +72,7 @@ class PatchCore(BaseDetector):
 
     def _validate_params(self) -> None:
         check_choice("backbone", self.backbone, list_backbones())
+        check_layers(self.layers, "the stride 8 and 16 layers")
         check_range("patch_size", self.patch_size, 1, 15, integer=True)
         if self.patch_size % 2 == 0:
             raise ConfigError(f"patch_size must be odd (1, 3, 5, ...); got {self.patch_size}")

@@ -20,7 +20,7 @@ import logging
 
 import torch
 
-from ..base import BaseDetector, batched, check_choice, check_range, float_batch
+from ..base import BaseDetector, batched, check_choice, check_layers, check_range, float_batch
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import create_backbone, layers_at_strides, list_backbones
 from ..components.features import concat_layers
@@ -79,8 +79,7 @@ class SPADE(BaseDetector):
 
     def _validate_params(self) -> None:
         check_choice("backbone", self.backbone, list_backbones())
-        if self.layers is not None and (isinstance(self.layers, str) or not self.layers):
-            raise ConfigError(f"layers must be None or a non-empty tuple of layer names; got {self.layers!r}")
+        check_layers(self.layers, "the stride 4, 8, 16 layers")
         if self.image_layer is not None and not isinstance(self.image_layer, str):
             raise ConfigError(f"image_layer must be None or a layer name; got {self.image_layer!r}")
         check_range("k", self.k, 1, integer=True)
