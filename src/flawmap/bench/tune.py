@@ -29,7 +29,7 @@ from ..io import atomic_write_text
 from ..metrics import METRIC_KEYS, evaluate
 from ..params import check_param_names
 from ..registry import detector_class, get_detector
-from ..viz.text import format_table
+from ..viz.text import format_table, format_value
 from .runner import SplitCache
 from .store import write_csv
 
@@ -309,14 +309,14 @@ def run_tune(cfg: TuneConfig, echo=print) -> dict[str, Any]:
     for i in range(cfg.trials):
         study.optimize(objective, n_trials=1, catch=())
         t = study.trials[-1]
-        echo(f"trial {t.number}: {cfg.metric}(validation) = {t.value:.4f}  params {t.params}")
+        echo(f"trial {t.number}: {cfg.metric}(validation) = {format_value(t.value)}  params {t.params}")
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:
         raise ConfigError(f"study {name!r} has no finished trial; run with --trials N > 0")
     best = study.best_trial
     best_params = _params_from_trial(cfg, best.params)
     echo(f"best trial {best.number} of {len(complete)} ({len(complete) - done_before} run now): {cfg.metric}(validation) = "
-         f"{best.value:.4f}  params {best_params}")
+         f"{format_value(best.value)}  params {best_params}")
     echo(f"refitting the best parameters; final figures on the {n_hold} HELD-OUT test images only (not used by the search):")
     final = evaluate_params(best_params, 2)
     rows = [{"method": cfg.method, "category": cat, "split": "held-out", "n_test": len(parts[cat][2]),
