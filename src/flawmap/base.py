@@ -17,7 +17,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from .io import atomic_replace_dir, check_replaceable, check_writable
 from .params import check_param_names
 from .progress import progress
 from .types import AnomalyResult
+
+if TYPE_CHECKING:
+    from .components.features import FeatureCache
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,13 @@ def check_range(name: str, value: Any, low: float | None = None, high: float | N
         raise ConfigError(f"{name}={value!r} is out of range; allowed: {'(' if low_open else '['}{lo}, {hi}]")
 
 
+def check_layers(value: Any, default: str = "the paper's layers") -> None:
+    """``layers``: None (``default``) or a non-empty tuple/list of layer names (a bare string is refused)."""
+    if value is not None and (not isinstance(value, (list, tuple)) or not value
+                              or not all(isinstance(v, str) for v in value)):
+        raise ConfigError(f"layers must be None ({default}) or a non-empty tuple of layer names; got {value!r}")
+
+
 class BaseDetector:
     """Base class: parameters, validation at fit, batched predict, safe save/load."""
 
@@ -139,6 +149,29 @@ class BaseDetector:
         raise NotImplementedError
 
     # ---- public API -------------------------------------------------------------------------
+    def use_feature_cache(self, cache: FeatureCache | None) -> BaseDetector:
+        """Read and write the backbone features of later ``fit``/``predict`` calls in ``cache`` (None,
+        the default: compute them, touch no file). Not a hyperparameter and not saved: it changes where
+        features come from, never their values. Detectors without a backbone (RIAD) ignore it."""
+        self._feature_cache = cache
+        return self
+
+    @property
+    def feature_cache(self) -> FeatureCache | None:
+        """The cache set by :meth:`use_feature_cache` (None: off)."""
+        return getattr(self, "_feature_cache", None)
+
+    def _backbone_features(self, images: torch.Tensor, *, batch_size: int | None = None, desc: str | None = None,
+                           device: torch.device | str | None = None, cached: bool = True) -> dict[str, torch.Tensor]:
+        """images (B, 3, H, W) float in [0, 1] -> {layer: (B, C_l, h_l, w_l)} of ``self._backbone``: the
+        one feature path of backbone detectors (``extract_features``, through :attr:`feature_cache`
+        unless ``cached=False``). On the CPU, or on ``device``; ``batch_size`` None: one batch."""
+        from .components.features import extract_features
+
+        return extract_features(self._backbone, images, batch_size=batch_size or max(1, len(images)),  # type: ignore[attr-defined]
+                                desc=desc or f"{self.name}: features", device=device,
+                                cache=self.feature_cache if cached else None)
+
     @property
     def device_(self) -> torch.device:
         return resolve_device(getattr(self, "device", "auto"))

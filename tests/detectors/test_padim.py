@@ -156,7 +156,7 @@ def test_needs_two_images(fake: None) -> None:
     ("sigma", -1.0, "sigma=-1.0 is out of range"),
     ("batch_size", 0, "batch_size=0 is out of range"),
     ("backbone", "vgg16", "allowed values: 'efficientnet_lite0'"),
-    ("layers", (), "layers must be None or a non-empty tuple"),
+    ("layers", (), r"layers must be None \(the stride 4, 8, 16 layers\) or a non-empty tuple"),
     ("seed", -1, "seed=-1 is out of range"),
 ])
 def test_validation(param: str, value: object, match: str) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flawmap import get_detector
-from flawmap.detectors import patchcore as pc
+from flawmap.components import features as features_mod
 from flawmap.errors import ConfigError
 
 
@@ -19,13 +19,13 @@ def _images(n: int, seed: int = 0, size: int = 64) -> torch.Tensor:
 
 def test_bank_over_the_budget_is_refused_before_the_backbone_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = pc.extract_features
+    real = features_mod.extract_features
 
     def counting(backbone, images, **kw):  # type: ignore[no-untyped-def]
         calls.append(len(images))
         return real(backbone, images, **kw)
 
-    monkeypatch.setattr(pc, "extract_features", counting)
+    monkeypatch.setattr(features_mod, "extract_features", counting)  # the one feature path
     det = get_detector("patchcore", backbone="efficientnet_lite0", max_memory_gb=1e-4)
     with pytest.raises(ConfigError, match=r"--max-train.*--resize") as err:
         det.fit(_images(20))
@@ -69,3 +69,9 @@ def test_coreset_modes() -> None:
     assert len(approx.memory_bank_) == round(0.1 * 10 * 64)
     with pytest.raises(ConfigError, match="'exact', 'approx'"):
         get_detector("patchcore", backbone="efficientnet_lite0", coreset_mode="fast").fit(imgs)
+
+
+@pytest.mark.parametrize("layers", ["blocks.2", (), ("blocks.2", 3)])
+def test_bad_layers_are_refused_before_the_backbone_is_built(layers) -> None:
+    with pytest.raises(ConfigError, match=r"layers must be None \(the stride 8 and 16 layers\) or a non-empty tuple"):
+        get_detector("patchcore", backbone="efficientnet_lite0", layers=layers).fit(_images(2))

@@ -124,7 +124,7 @@ def test_kappa_larger_than_gallery(fake: None) -> None:
     ("sigma", -1.0, "sigma=-1.0 is out of range"),
     ("chunk_size", 0, "chunk_size=0 is out of range"),
     ("backbone", "vgg16", "allowed values: 'efficientnet_lite0'"),
-    ("layers", "a", "layers must be None or a non-empty tuple"),
+    ("layers", "a", r"layers must be None \(the stride 4, 8, 16 layers\) or a non-empty tuple"),
     ("image_layer", 3, "image_layer must be None or a layer name"),
     ("seed", -1, "seed=-1 is out of range"),
 ])

@@ -169,3 +169,48 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> No
     assert check["images"] > 10 and check["shown"] == check["images"], check
     console = [ln for ln in res.stderr.splitlines() if ":CONSOLE" in ln]
     assert console == [], console
+
+
+MINI = """
+study: tiny
+categories: [object]
+resize: 64
+crop: 0
+max_train: 3
+gallery: 1
+method_params:
+  patchcore: {backbone: efficientnet_lite0}
+experiments:
+  noise:
+    methods: [patchcore]
+    corruptions: [{name: gaussian_noise, severities: [2], p: 1.0}]
+"""
+
+
+def test_report_builds_from_the_bench_folder_alone(tmp_path: Path) -> None:
+    """The corruption pictures are written at bench time; the report copies them and reads no dataset."""
+    from flawmap.data import make_synthetic_mvtec
+    from flawmap.data.corruptions import CORRUPTIONS
+
+    data = tmp_path / "data"
+    make_synthetic_mvtec(data, categories=("object",), n_train=3, n_test_good=2, n_test_defect=2, size=64, seed=1)
+    (tmp_path / "tiny.yaml").write_text(MINI)
+    out = tmp_path / "out"
+    assert main(["bench", "--study", str(tmp_path / "tiny.yaml"), "--data", str(data), "--out", str(out),
+                 "--threads", "1", "--no-report"]) == 0
+    pics = out / "artifacts" / "corruptions"
+    stored = {p.name: p.read_bytes() for p in pics.glob("*.png")}
+    assert {"clean.png", "gaussian_noise_s2.png"} <= set(stored)
+    assert {f"catalogue_{n}_s{s}.png" for n in CORRUPTIONS for s in (1, 3, 5)} <= set(stored)
+    shutil.rmtree(data)  # the dataset is gone: the report must not need it
+    rep = tmp_path / "report"
+    assert main(["report", str(out), "-o", str(rep)]) == 0
+    copied = {p.name: p.read_bytes() for p in (rep / "corruptions").glob("*.png")}
+    assert copied == stored  # exactly the bench's pictures, every one of them shown
+    page = (rep / "index.html").read_text()
+    assert "Corruptions" in page and all(f'src="corruptions/catalogue_{n}_s5.png"' in page for n in CORRUPTIONS)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    header, *body = list(csv.reader(open(rep / "tables" / "robustness_gaussian_noise_image_auroc.csv")))
+    assert header == ["image AUROC / severity", "0", "2"]
+    by_sev = {r["severity"]: float(r["image_auroc"]) for r in rows}
+    assert [float(v) for v in body[0][1:]] == pytest.approx([by_sev["0"], by_sev["2"]], abs=1e-12)

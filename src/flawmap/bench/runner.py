@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..components.features import FeatureCache
 from ..data import Split, Transform, load_split, preprocessing, scan_category
 from ..metrics import evaluate
 from ..registry import detector_class, get_detector
@@ -90,7 +91,7 @@ class RunOptions:
 
     gallery: int = 2  # gallery panels per kind (best, worst, borderline); 0 = none
     gallery_tile: int = 160  # max side of each panel tile in pixels
-    feature_cache: str | None = None  # feature cache folder (None: keep the caller's setting, off by default)
+    feature_cache: str | None = None  # feature cache folder (None: off)
     details: bool = True  # compute per-image details and the pixel ROC for the report
     threads: int | None = None  # torch threads in worker processes
 
@@ -119,26 +120,13 @@ def corrupted_test(spec: RunSpec, test: Split) -> Split:
     return Split(images, test.labels, masks, test.defect_types, test.paths)
 
 
-def _cache_context(options: RunOptions):
-    """Enter options.feature_cache when set; otherwise keep whatever the caller enabled."""
-    import contextlib
-
-    from ..components.features import feature_cache
-
-    return feature_cache(options.feature_cache) if options.feature_cache else contextlib.nullcontext()
+def open_cache(options: RunOptions) -> FeatureCache | None:
+    """The feature cache of options.feature_cache (None: off)."""
+    return FeatureCache(Path(options.feature_cache)) if options.feature_cache else None
 
 
-def _active() -> bool:
-    from ..components.features import active_cache
-
-    return active_cache() is not None
-
-
-def _cache_stats() -> dict[str, float]:
-    from ..components.features import active_cache
-
-    c = active_cache()
-    return c.stats.snapshot() if c is not None else {}
+def _stats(cache: FeatureCache | None) -> dict[str, float]:
+    return cache.stats.snapshot() if cache is not None else {}
 
 
 def _diff(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
@@ -162,24 +150,23 @@ def run_group(specs: Sequence[RunSpec], splits: SplitCache | None = None,
     train = splits.get(first.data_root, first.category, "train", tf)
     clean_test = splits.get(first.data_root, first.category, "test", tf)
     train_images = train.images if first.max_train is None else train.images[: first.max_train]
-    det = get_detector(first.method, **first.params)
-    with _cache_context(options):
-        s0 = _cache_stats()
-        with PeakRSS() as rss_fit:
-            t0 = time.perf_counter()
-            det.fit(train_images)
-            fit_s = time.perf_counter() - t0
-        fit_stats = _diff(_cache_stats(), s0)
-    for i, spec in enumerate(specs):  # no context is held across a yield
+    cache = open_cache(options)
+    cached = cache is not None
+    det = get_detector(first.method, **first.params).use_feature_cache(cache)
+    s0 = _stats(cache)
+    with PeakRSS() as rss_fit:
+        t0 = time.perf_counter()
+        det.fit(train_images)
+        fit_s = time.perf_counter() - t0
+    fit_stats = _diff(_stats(cache), s0)
+    for i, spec in enumerate(specs):
         test = corrupted_test(spec, clean_test)
-        with _cache_context(options):
-            cached = _active()
-            s1 = _cache_stats()
-            with PeakRSS() as rss:
-                t1 = time.perf_counter()
-                res = det.predict(test.images)
-                pred_s = time.perf_counter() - t1
-            pred_stats = _diff(_cache_stats(), s1)
+        s1 = _stats(cache)
+        with PeakRSS() as rss:
+            t1 = time.perf_counter()
+            res = det.predict(test.images)
+            pred_s = time.perf_counter() - t1
+        pred_stats = _diff(_stats(cache), s1)
         metrics = evaluate(test.labels, res.scores, test.masks, res.maps)
         params = det.get_params()
         # the shared fit's cache use is counted once, on the first run of the group (sums stay right)

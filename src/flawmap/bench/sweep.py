@@ -4,7 +4,7 @@ the rest, store each finished run atomically, export CSV (and Parquet), optional
 Only this driver writes: ``<out>/results.sqlite`` (one transaction per run: row, details, tags),
 ``<out>/artifacts/<run_key>/`` (gallery PNGs, written to a temporary folder and renamed before
 the row is stored, so a stored run always has its pictures), ``<out>/artifacts/corruptions/``
-(one example picture per corruption and severity), ``<out>/results.csv`` (+ ``.parquet``), all
+(example pictures of the corruptions, ``flawmap.bench.pictures``), ``<out>/results.csv`` (+ ``.parquet``), all
 through ``flawmap.io``. It holds ``<out>/.flawmap-bench.lock`` for the whole sweep (a second sweep on
 the same folder stops with OutputError), and stores a fingerprint of each run's dataset files with
 the run: a stored run whose dataset changed since is run again and its row replaced.
@@ -18,21 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..data import Transform, load_image, scan_category
+from ..data import scan_category
 from ..errors import ConfigError
-from ..io import atomic_replace_dir, atomic_write, atomic_write_text, check_writable, exclusive_lock
+from ..io import atomic_replace_dir, check_writable, exclusive_lock
 from .config import StudyConfig, validate_specs
 from .executors import LocalExecutor, RayExecutor, RunFailure
+from .pictures import ARTIFACTS, corruption_pictures
 from ..viz.text import format_table, format_value
 from .runner import FIRST_COLUMNS, RunOptions, RunOutput, RunSpec, group_specs
 from .store import ResultStore, write_csv, write_parquet
 
 log = logging.getLogger(__name__)
 
-ARTIFACTS = "artifacts"
 #: held by the sweep driver for the whole sweep: a second `flawmap bench` on the same folder stops at once
 LOCK_NAME = ".flawmap-bench.lock"
-CORRUPTION_PICTURES = "corruptions"
 
 
 @dataclass
@@ -59,34 +58,6 @@ def write_artifacts(out: Path, run_key: str, files: dict[str, bytes]) -> Path | 
 
     atomic_replace_dir(final, build)
     return final
-
-
-def corruption_pictures(out: Path, specs: list[RunSpec], size: int = 224) -> list[Path]:
-    """One example test image (a defective one when there is one) under every corruption and severity
-    of the sweep, at p = 1: <out>/artifacts/corruptions/{clean,<name>_s<severity>}.png."""
-    from ..data.corruptions import corrupt
-    from ..viz.heatmap import save_png, to_uint8_image
-
-    wanted = sorted({(s.corruption, s.severity, s.corruption_seed) for s in specs if s.corruption})
-    if not wanted:
-        return []
-    folder = out / ARTIFACTS / CORRUPTION_PICTURES
-    first = next(s for s in specs if s.corruption)
-    data = scan_category(first.data_root, first.category)
-    sample = next((s for s in data.test if s.label == 1), data.test[0])
-    small = Transform(resize=min(size, min(first.transform().output_size)))
-    img = small(load_image(sample.path))[None]  # (1, 3, h, w)
-    pictures = {"clean": img}
-    for name, sev, seed in wanted:
-        pictures[f"{name}_s{sev}"] = corrupt(name, img, sev, seed, p=1.0)[0]
-    written = []
-    for stem, x in pictures.items():
-        path = folder / f"{stem}.png"
-        if not path.is_file():
-            atomic_write(path, lambda tmp, x=x: save_png(to_uint8_image(x[0].numpy()), tmp))
-            written.append(path)
-    atomic_write_text(folder / "source.txt", f"{sample.path}\n")
-    return written
 
 
 def describe(spec: RunSpec) -> str:

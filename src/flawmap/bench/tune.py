@@ -29,7 +29,7 @@ from ..io import atomic_write_text
 from ..metrics import METRIC_KEYS, evaluate
 from ..params import check_param_names
 from ..registry import detector_class, get_detector
-from ..viz.text import format_table
+from ..viz.text import format_table, format_value
 from .runner import SplitCache
 from .store import write_csv
 
@@ -254,7 +254,7 @@ def run_tune(cfg: TuneConfig, echo=print) -> dict[str, Any]:
         import optuna
     except ImportError:
         raise ConfigError('flawmap tune needs Optuna: pip install "flawmap[tune]" (or optuna)') from None
-    from ..components.features import feature_cache
+    from ..components.features import FeatureCache
     from ..data import ensure_synthetic_dataset, list_categories
 
     data_root = cfg.data or str(ensure_synthetic_dataset())
@@ -263,7 +263,7 @@ def run_tune(cfg: TuneConfig, echo=print) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     storage = cfg.storage or f"sqlite:///{(out / 'optuna.sqlite').resolve()}"
     name = cfg.study_name or f"flawmap-{cfg.method}-{'-'.join(cats)}"
-    cache = None if cfg.feature_cache is False else str(cfg.feature_cache or out / "feature_cache")
+    cache = None if cfg.feature_cache is False else FeatureCache(Path(cfg.feature_cache or out / "feature_cache"))
     splits = SplitCache()
     parts: dict[str, tuple[Any, Any, Any]] = {}
     for cat in cats:
@@ -283,7 +283,7 @@ def run_tune(cfg: TuneConfig, echo=print) -> dict[str, Any]:
     def evaluate_params(params: dict[str, Any], which: int) -> dict[str, dict[str, Any]]:
         res = {}
         for cat, p in parts.items():
-            det = get_detector(cfg.method, **{**cfg.params, **params})
+            det = get_detector(cfg.method, **{**cfg.params, **params}).use_feature_cache(cache)
             t0 = time.perf_counter()
             det.fit(p[0])
             fit_s = time.perf_counter() - t0
@@ -294,8 +294,7 @@ def run_tune(cfg: TuneConfig, echo=print) -> dict[str, Any]:
 
     def objective(trial) -> float:
         params = {k: _suggest(trial, k, s) for k, s in cfg.search.items()}
-        with feature_cache(cache) if cache else _null():
-            res = evaluate_params(params, 1)
+        res = evaluate_params(params, 1)
         vals = [m[cfg.metric] for m in res.values()]
         if any(v is None for v in vals):
             raise ConfigError(f"{cfg.metric} is not available on the validation split ({res}); choose another --metric")
@@ -310,17 +309,16 @@ def run_tune(cfg: TuneConfig, echo=print) -> dict[str, Any]:
     for i in range(cfg.trials):
         study.optimize(objective, n_trials=1, catch=())
         t = study.trials[-1]
-        echo(f"trial {t.number}: {cfg.metric}(validation) = {t.value:.4f}  params {t.params}")
+        echo(f"trial {t.number}: {cfg.metric}(validation) = {format_value(t.value)}  params {t.params}")
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:
         raise ConfigError(f"study {name!r} has no finished trial; run with --trials N > 0")
     best = study.best_trial
     best_params = _params_from_trial(cfg, best.params)
     echo(f"best trial {best.number} of {len(complete)} ({len(complete) - done_before} run now): {cfg.metric}(validation) = "
-         f"{best.value:.4f}  params {best_params}")
+         f"{format_value(best.value)}  params {best_params}")
     echo(f"refitting the best parameters; final figures on the {n_hold} HELD-OUT test images only (not used by the search):")
-    with feature_cache(cache) if cache else _null():
-        final = evaluate_params(best_params, 2)
+    final = evaluate_params(best_params, 2)
     rows = [{"method": cfg.method, "category": cat, "split": "held-out", "n_test": len(parts[cat][2]),
              **{k: v for k, v in m.items()}, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in best_params.items()}}
             for cat, m in final.items()]
@@ -339,11 +337,3 @@ def run_tune(cfg: TuneConfig, echo=print) -> dict[str, Any]:
     atomic_write_text(path, json.dumps(summary, indent=2, default=str))
     echo(f"summary: {path}; trials: {out / (name + '_trials.csv')}")
     return summary
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False

@@ -1,37 +1,39 @@
 """Batched backbone feature extraction (the one place detectors get frozen CNN features from),
-with an optional on-disk feature cache shared by runs.
+with an optional on-disk feature cache shared by runs, and the one rule that puts several layers on
+one grid (:func:`concat_layers`).
 
 Runs of a sweep that share backbone, weights, layers and images (e.g. PatchCore with another
-``coreset_ratio``) compute the same backbone features. Inside ``with feature_cache(dir):`` every
-:func:`extract_features` call looks up each requested layer under a key made of
+``coreset_ratio``) compute the same backbone features. The cache is passed explicitly:
+``extract_features(backbone, images, cache=FeatureCache(dir))`` looks up each requested layer under
+a key made of
 
     backbone name, weights_id (sha256 of the checkpoint), layer name, the sha256 of the image
     tensor's bytes, its shape and dtype, the device type and a cache format version
 
 and only runs the backbone when a layer is missing. Entries are safetensors files written under a
 temporary name and renamed (atomic), so concurrent runs (process pool, Ray workers on a shared
-folder) never read a half-written entry. ``flawmap bench`` turns the cache on by default
-(``--feature-cache DIR``, default ``<out>/feature_cache``; ``--no-feature-cache``).
+folder) never read a half-written entry. Without ``cache`` (the default) no file is read or
+written. Detectors get their cache from ``BaseDetector.use_feature_cache(cache)``; ``flawmap bench``
+turns it on by default (``--feature-cache DIR``, default ``<out>/feature_cache``; ``--no-feature-cache``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..errors import ConfigError
 from ..io import atomic_write
 from ..progress import progress
 from .backbones import FeatureExtractor
@@ -94,27 +96,6 @@ class FeatureCache:
         return sum(p.stat().st_size for p in self.directory.rglob("*.safetensors")) if self.directory.is_dir() else 0
 
 
-_local = threading.local()
-
-
-def active_cache() -> FeatureCache | None:
-    """The cache enabled by the innermost ``feature_cache`` context of this thread (None: off)."""
-    return getattr(_local, "cache", None)
-
-
-@contextlib.contextmanager
-def feature_cache(directory: str | os.PathLike[str] | FeatureCache | None) -> Iterator[FeatureCache | None]:
-    """Enable the on-disk feature cache in ``directory`` for :func:`extract_features` calls in this block
-    (``None`` disables it inside the block). Yields the cache (its ``stats`` count hits and misses)."""
-    prev = active_cache()
-    cache = directory if isinstance(directory, FeatureCache) or directory is None else FeatureCache(Path(directory))
-    _local.cache = cache
-    try:
-        yield cache
-    finally:
-        _local.cache = prev
-
-
 def images_digest(images: torch.Tensor) -> str:
     """sha256 of the raw bytes of an image tensor (contiguous CPU copy when needed)."""
     arr = images.detach().cpu().contiguous().numpy()
@@ -135,13 +116,14 @@ def _compute(backbone: FeatureExtractor, images: torch.Tensor, batch_size: int, 
 
 @torch.no_grad()
 def extract_features(backbone: FeatureExtractor, images: torch.Tensor, *, batch_size: int = 8,
-                     desc: str = "features", device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+                     desc: str = "features", device: torch.device | str | None = None,
+                     cache: FeatureCache | None = None) -> dict[str, torch.Tensor]:
     """images (N, 3, H, W) in [0, 1] -> {layer: (N, C_l, H/s_l, W/s_l)} float32, batch by batch.
 
-    Features are returned on the CPU, or on ``device`` when given. Inside ``feature_cache(dir)`` the
-    layers already on disk for these exact images are read instead of running the backbone.
+    Features are returned on the CPU, or on ``device`` when given. With ``cache`` the layers already
+    in it for these exact images are read instead of running the backbone, and the computed ones are
+    written to it; without it no file is touched.
     """
-    cache = active_cache()
     if cache is None:  # straight to the requested device (no round trip through the CPU)
         return _compute(backbone, images, batch_size, desc, "cpu" if device is None else device)
     digest = images_digest(images)
@@ -169,4 +151,30 @@ def extract_features(backbone: FeatureExtractor, images: torch.Tensor, *, batch_
     return feats if device is None else {k: v.to(device) for k, v in feats.items()}
 
 
-__all__ = ["CacheStats", "FeatureCache", "active_cache", "extract_features", "feature_cache", "images_digest"]
+def finest_grid(maps: Sequence[torch.Tensor]) -> tuple[int, int]:
+    """(h, w) of the map with the most positions among maps [(B, C_l, h_l, w_l)] (the first of equals)."""
+    return tuple(max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1]))  # type: ignore[return-value]
+
+
+LAYER_MODES = ("bilinear", "nearest")
+
+
+def concat_layers(maps: Sequence[torch.Tensor], mode: str = "bilinear",
+                  size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Layer maps [(B, C_l, h_l, w_l)] -> (B, sum_l C_l, h, w): each map resized to (h, w) and the
+    results concatenated along channels, in the given order.
+
+    (h, w) is ``size``, default :func:`finest_grid` (coarser layers are upsampled to the finest one, as
+    in PatchCore, PaDiM and SPADE). ``mode``: "bilinear" (align_corners=False; PatchCore, SPADE) or
+    "nearest" (each coarse cell repeated over the fine cells it covers; PaDiM's reference code).
+    Maps already on the grid are used as they are.
+    """
+    if mode not in LAYER_MODES:
+        raise ConfigError(f"concat_layers: mode={mode!r}; allowed: {', '.join(LAYER_MODES)}")
+    size = finest_grid(maps) if size is None else tuple(size)
+    kw = {"align_corners": False} if mode == "bilinear" else {}
+    parts = [m if tuple(m.shape[-2:]) == size else F.interpolate(m, size=size, mode=mode, **kw) for m in maps]
+    return torch.cat(parts, dim=1)
+
+
+__all__ = ["CacheStats", "FeatureCache", "concat_layers", "extract_features", "finest_grid", "images_digest"]

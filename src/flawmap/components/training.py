@@ -79,6 +79,21 @@ class TrainReport:
     stopped_early: bool = False
 
 
+def check_train_params(det: Any) -> None:
+    """Validate the training-loop hyperparameters of a trained detector (FastFlow, RIAD): ``epochs``,
+    ``batch_size``, ``lr``, ``val_fraction``, ``patience``, ``seed``, ``checkpoint_dir`` (ConfigError)."""
+    from ..base import check_range
+
+    check_range("epochs", det.epochs, 1, None, integer=True)
+    check_range("batch_size", det.batch_size, 1, None, integer=True)
+    check_range("lr", det.lr, 0, 1, low_open=True)
+    check_range("val_fraction", det.val_fraction, 0, 0.5)
+    check_range("patience", det.patience, 0, None, integer=True)
+    check_range("seed", det.seed, 0, 2**63 - 1, integer=True)
+    if det.checkpoint_dir is not None and not isinstance(det.checkpoint_dir, str):
+        raise ConfigError(f"checkpoint_dir must be None or a folder path string; got {det.checkpoint_dir!r}")
+
+
 # ---- helpers -----------------------------------------------------------------------------------
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """CPU generator of epoch ``epoch``: seeded by a hash of (seed, epoch), independent of history."""

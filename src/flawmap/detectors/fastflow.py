@@ -29,12 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import BaseDetector, check_choice, check_range
+from ..base import BaseDetector, check_choice, check_layers, check_range
 from ..components.anomaly_map import upsample
 from ..components.backbones import create_backbone, layers_at_strides, list_backbones
-from ..components.features import extract_features
 from ..components.flows import Flow2d, gaussian_nll
-from ..components.training import TrainSettings, fingerprint, seeded_init, train
+from ..components.training import TrainSettings, check_train_params, fingerprint, seeded_init, train
 from ..errors import ConfigError
 from ..registry import register_detector
 
@@ -104,8 +103,7 @@ class FastFlow(BaseDetector):
     # ---- hooks -------------------------------------------------------------------------------
     def _validate_params(self) -> None:
         check_choice("backbone", self.backbone, list_backbones())
-        if self.layers is not None and (not isinstance(self.layers, (list, tuple)) or not self.layers):
-            raise ConfigError(f"layers must be None (the stride 4, 8, 16 layers) or a non-empty tuple of names; got {self.layers!r}")
+        check_layers(self.layers, "the stride 4, 8, 16 layers")
         if not isinstance(self.weights, str):
             raise ConfigError(f"weights must be 'imagenet', 'random' or a checkpoint path; got {self.weights!r}")
         check_range("flow_steps", self.flow_steps, 1, 64, integer=True)
@@ -113,16 +111,9 @@ class FastFlow(BaseDetector):
             check_range("hidden_ratio", self.hidden_ratio, 0, 8, low_open=True)
         check_range("clamp", self.clamp, 0, None, low_open=True)
         check_choice("anomaly_map", self.anomaly_map, ("prob", "nll"))
-        check_range("epochs", self.epochs, 1, None, integer=True)
-        check_range("batch_size", self.batch_size, 1, None, integer=True)
-        check_range("lr", self.lr, 0, 1, low_open=True)
         check_range("weight_decay", self.weight_decay, 0, 1)
         check_choice("cache_features", self.cache_features, (True, False))
-        check_range("val_fraction", self.val_fraction, 0, 0.5)
-        check_range("patience", self.patience, 0, None, integer=True)
-        check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
-        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, str):
-            raise ConfigError(f"checkpoint_dir must be None or a folder path string; got {self.checkpoint_dir!r}")
+        check_train_params(self)
 
     def _setup(self) -> None:
         layers = list(self.layers) if self.layers is not None else layers_at_strides(self.backbone, STRIDES)
@@ -134,13 +125,14 @@ class FastFlow(BaseDetector):
     @torch.no_grad()
     def _build_modules(self) -> None:
         """FastFlowModel for the feature shapes of input_size_ (learned state restored by base)."""
-        shapes = [tuple(f.shape[1:]) for f in self._backbone(torch.zeros(1, 3, *self.input_size_)).values()]
+        probe = self._backbone_features(torch.zeros(1, 3, *self.input_size_), cached=False)  # shapes only
+        shapes = [tuple(f.shape[1:]) for f in probe.values()]
         self.flow_ = seeded_init(self.seed, lambda: FastFlowModel(
             shapes, self.flow_steps, self._ratio(), self.clamp, self.seed)).to(self.device_).eval()
 
-    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def _features(self, images: torch.Tensor, cached: bool = True) -> list[torch.Tensor]:
         """images (B, 3, H, W) -> normalised features [(B, C_l, h_l, w_l)] on the device."""
-        return list(_normalise(self._backbone(images.to(self.device_))).values())
+        return list(_normalise(self._backbone_features(images, device=self.device_, cached=cached)).values())
 
     def _fit(self, images: torch.Tensor) -> None:
         self.input_size_ = [int(images.shape[2]), int(images.shape[3])]
@@ -148,8 +140,8 @@ class FastFlow(BaseDetector):
         log.info("fastflow: %s layers %s, hidden ratio %.2f, %d flow parameters", self.backbone,
                  list(self._backbone.layers), self._ratio(), sum(p.numel() for p in self.flow_.parameters()))
         if self.cache_features:  # frozen backbone, no augmentation: features once, epochs cost the flows only
-            data: Any = {k: v.to(self.device_) for k, v in _normalise(extract_features(
-                self._backbone, images, batch_size=self.batch_size, desc="fastflow: features")).items()}
+            data: Any = {k: v.to(self.device_) for k, v in _normalise(self._backbone_features(
+                images, batch_size=self.batch_size)).items()}
 
             def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], g: torch.Generator) -> torch.Tensor:
                 return model(list(batch.values()))[1].mean()  # paper loss, mean over the batch
@@ -157,8 +149,8 @@ class FastFlow(BaseDetector):
             data = images
 
             def loss_fn(model: nn.Module, batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-                with torch.no_grad():
-                    feats = self._features(batch)
+                with torch.no_grad():  # shuffled batches never repeat: not worth caching
+                    feats = self._features(batch, cached=False)
                 return model(feats)[1].mean()
 
         params = {k: v for k, v in self.get_params().items() if k not in ("epochs", "checkpoint_dir", "cache_features", "anomaly_map")}

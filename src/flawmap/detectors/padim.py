@@ -16,12 +16,11 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 
-from ..base import BaseDetector, batched, check_choice, check_range, seeded_generator
+from ..base import BaseDetector, batched, check_choice, check_layers, check_range, seeded_generator
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import create_backbone, layers_at_strides, list_backbones
-from ..components.features import extract_features
+from ..components.features import concat_layers, finest_grid
 from ..components.gaussian import StreamingGaussian, check_memory, inverse_cholesky_, mahalanobis
 from ..errors import ConfigError
 from ..progress import progress
@@ -72,8 +71,7 @@ class PaDiM(BaseDetector):
 
     def _validate_params(self) -> None:
         check_choice("backbone", self.backbone, list_backbones())
-        if self.layers is not None and (isinstance(self.layers, str) or not self.layers):
-            raise ConfigError(f"layers must be None or a non-empty tuple of layer names; got {self.layers!r}")
+        check_layers(self.layers, "the stride 4, 8, 16 layers")
         if self.n_features is not None:
             check_range("n_features", self.n_features, 1, integer=True)
         check_range("eps", self.eps, 0.0, low_open=True)
@@ -100,16 +98,14 @@ class PaDiM(BaseDetector):
     def _embed(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """{layer: (B, C_l, h_l, w_l)} -> x (B, d, h, w): the chosen channels on the finest grid."""
         idx = self.channel_idx_
-        size = max((f.shape[-2:] for f in feats.values()), key=lambda s: s[0] * s[1])
         parts, offset = [], 0
         for f in feats.values():
             c = f.shape[1]
             sel = idx[(idx >= offset) & (idx < offset + c)] - offset
             offset += c
             if len(sel):
-                f = f[:, sel.to(f.device)]  # select before upsampling: the same values, less work
-                parts.append(F.interpolate(f, size=size, mode="nearest") if f.shape[-2:] != size else f)
-        return torch.cat(parts, dim=1)
+                parts.append(f[:, sel.to(f.device)])  # select before upsampling: the same values, less work
+        return concat_layers(parts, "nearest", size=finest_grid(list(feats.values())))
 
     # ---- fit / predict --------------------------------------------------------------------------
     def _fit(self, images: torch.Tensor) -> None:
@@ -118,7 +114,7 @@ class PaDiM(BaseDetector):
             raise ConfigError(f"PaDiM needs at least 2 training images to estimate covariances; got {n}")
         acc: StreamingGaussian | None = None
         for sl in progress(batched(n, self.batch_size), desc="padim: fit", unit="batch"):
-            feats = extract_features(self._backbone, images[sl], batch_size=self.batch_size, desc="padim: features")
+            feats = self._backbone_features(images[sl], batch_size=self.batch_size)
             if acc is None:  # first batch: channel subset, grid and the memory check, before allocating
                 self.channel_idx_ = self._choose_channels(sum(f.shape[1] for f in feats.values()))
                 emb = self._embed(feats)
@@ -137,7 +133,7 @@ class PaDiM(BaseDetector):
         self.channel_idx_ = self.channel_idx_.to(self.device_)
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self._embed(self._backbone(images))  # (B, d, h, w)
+        emb = self._embed(self._backbone_features(images, device=self.device_))  # (B, d, h, w)
         b, _, h, w = emb.shape
         if [h, w] != list(self.grid_):
             raise ConfigError(f"PaDiM was fitted on a {tuple(self.grid_)} feature grid; these images give {(h, w)}: "

@@ -18,11 +18,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..base import BaseDetector, check_choice, check_range, float_batch
+from ..base import BaseDetector, check_choice, check_layers, check_range, float_batch
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import create_backbone, list_backbones
 from ..components.coreset import MODES, greedy_coreset
-from ..components.features import extract_features
+from ..components.features import concat_layers
 from ..components.knn import NearestNeighborIndex, knn
 from ..device import check_memory_budget
 from ..errors import ConfigError
@@ -73,6 +73,7 @@ class PatchCore(BaseDetector):
 
     def _validate_params(self) -> None:
         check_choice("backbone", self.backbone, list_backbones())
+        check_layers(self.layers, "the stride 8 and 16 layers")
         check_range("patch_size", self.patch_size, 1, 15, integer=True)
         if self.patch_size % 2 == 0:
             raise ConfigError(f"patch_size must be odd (1, 3, 5, ...); got {self.patch_size}")
@@ -94,14 +95,10 @@ class PatchCore(BaseDetector):
     def _embed(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """{layer: (B, C_l, h_l, w_l)} -> patch features (B, h, w, D) on the finest grid (h, w)."""
         p = self.patch_size
-        first = next(iter(feats.values()))
-        size = first.shape[-2:]
-        parts = []
-        for f in feats.values():
-            # f_agg: average over the p x p neighbourhood of each position (stride 1, same size)
-            f = F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=False) if p > 1 else f
-            parts.append(F.interpolate(f, size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else f)
-        x = torch.cat(parts, dim=1).permute(0, 2, 3, 1)  # (B, h, w, sum C_l)
+        # f_agg: average over the p x p neighbourhood of each position (stride 1, same size), per layer
+        agg = [F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=False) if p > 1 else f
+               for f in feats.values()]
+        x = concat_layers(agg, "bilinear").permute(0, 2, 3, 1)  # (B, h, w, sum C_l)
         if x.shape[-1] > self.embedding_dim:  # projection to D by adaptive average pooling over channels
             b, h, w, c = x.shape
             x = F.adaptive_avg_pool1d(x.reshape(-1, 1, c), self.embedding_dim).reshape(b, h, w, -1)
@@ -109,12 +106,12 @@ class PatchCore(BaseDetector):
 
     def _fit(self, images: torch.Tensor) -> None:
         n, bs = len(images), self.batch_size
-        first = self._embed(extract_features(self._backbone, float_batch(images[:1])))  # (1, h, w, D)
+        first = self._embed(self._backbone_features(float_batch(images[:1])))  # (1, h, w, D)
         _, h, w, d = first.shape
         self._check_memory(n, h * w, d)
         bank = torch.empty(n * h * w, d)  # M (N*h*w, D), filled batch by batch
         for s in progress(range(0, n, bs), desc="patchcore: features", total=-(-n // bs), unit="batch"):
-            emb = self._embed(extract_features(self._backbone, float_batch(images[s:s + bs]), batch_size=bs))
+            emb = self._embed(self._backbone_features(float_batch(images[s:s + bs]), batch_size=bs))
             bank[s * h * w:(s + len(emb)) * h * w] = emb.reshape(-1, d)
         idx = greedy_coreset(bank.to(self.device_), self.coreset_ratio, projection_dim=self.projection_dim,
                              seed=self.seed, mode=self.coreset_mode)
@@ -148,7 +145,7 @@ class PatchCore(BaseDetector):
         return self._index.search(q, k) if self._index is not None else knn(q, self.memory_bank_, k)
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = extract_features(self._backbone, images, batch_size=len(images), device=self._backbone.device)
+        feats = self._backbone_features(images, device=self.device_)
         return self._score(feats, tuple(images.shape[-2:]), self._nearest)
 
     def _score(self, feats: dict[str, torch.Tensor], size: tuple[int, int],

@@ -27,7 +27,7 @@ from torch import nn
 from ..base import BaseDetector, check_range
 from ..components.anomaly_map import upsample
 from ..components.inpainting import UNet, grid_masks, inpaint, mean_filter, msgms_map, riad_loss
-from ..components.training import TrainSettings, fingerprint, seeded_init, train
+from ..components.training import TrainSettings, check_train_params, fingerprint, seeded_init, train
 from ..errors import ConfigError
 from ..registry import register_detector
 
@@ -98,14 +98,7 @@ class RIAD(BaseDetector):
         check_range("ssim_weight", self.ssim_weight, 0, None)
         check_range("gms_weight", self.gms_weight, 0, None)
         check_range("smoothing", self.smoothing, 1, self.image_size, integer=True)
-        check_range("epochs", self.epochs, 1, None, integer=True)
-        check_range("batch_size", self.batch_size, 1, None, integer=True)
-        check_range("lr", self.lr, 0, 1, low_open=True)
-        check_range("val_fraction", self.val_fraction, 0, 0.5)
-        check_range("patience", self.patience, 0, None, integer=True)
-        check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
-        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, str):
-            raise ConfigError(f"checkpoint_dir must be None or a folder path string; got {self.checkpoint_dir!r}")
+        check_train_params(self)
 
     def _build_modules(self) -> None:
         # eval mode: BatchNorm uses its running statistics unless the training loop switches it

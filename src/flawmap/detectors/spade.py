@@ -19,12 +19,11 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 
-from ..base import BaseDetector, batched, check_choice, check_range, float_batch
+from ..base import BaseDetector, batched, check_choice, check_layers, check_range, float_batch
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import create_backbone, layers_at_strides, list_backbones
-from ..components.features import extract_features
+from ..components.features import concat_layers
 from ..components.knn import knn
 from ..device import check_memory_budget
 from ..errors import ConfigError
@@ -80,8 +79,7 @@ class SPADE(BaseDetector):
 
     def _validate_params(self) -> None:
         check_choice("backbone", self.backbone, list_backbones())
-        if self.layers is not None and (isinstance(self.layers, str) or not self.layers):
-            raise ConfigError(f"layers must be None or a non-empty tuple of layer names; got {self.layers!r}")
+        check_layers(self.layers, "the stride 4, 8, 16 layers")
         if self.image_layer is not None and not isinstance(self.image_layer, str):
             raise ConfigError(f"image_layer must be None or a layer name; got {self.image_layer!r}")
         check_range("k", self.k, 1, integer=True)
@@ -104,11 +102,8 @@ class SPADE(BaseDetector):
     def _features(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """{layer: (B, C_l, h_l, w_l)} -> f (B, C_img) pooled image features, F (B, h, w, C) pyramid."""
         f = feats[self._image_layer].mean(dim=(2, 3))  # global average pooling
-        pyr = [feats[name] for name in self._pixel_layers]
-        size = max((p.shape[-2:] for p in pyr), key=lambda s: s[0] * s[1])
-        pyr = [p if p.shape[-2:] == size else F.interpolate(p, size=size, mode="bilinear", align_corners=False)
-               for p in pyr]
-        return f, torch.cat(pyr, dim=1).permute(0, 2, 3, 1)
+        pyr = concat_layers([feats[name] for name in self._pixel_layers], "bilinear")  # (B, C, h, w)
+        return f, pyr.permute(0, 2, 3, 1)
 
     def _fit(self, images: torch.Tensor) -> None:
         n = len(images)
@@ -117,8 +112,7 @@ class SPADE(BaseDetector):
             log.warning("spade: k=%d exceeds the %d training images; using K=%d", self.k, n, self.k_)
         img_feats, pix_feats = [], None
         for sl in progress(batched(n, self.batch_size), desc="spade: fit", unit="batch"):
-            f, pyr = self._features(extract_features(self._backbone, float_batch(images[sl]),
-                                                     batch_size=self.batch_size, desc="spade: features"))
+            f, pyr = self._features(self._backbone_features(float_batch(images[sl]), batch_size=self.batch_size))
             if pix_feats is None:  # one (N, h*w, C) buffer, filled batch by batch, checked before
                 positions, c = pyr.shape[1] * pyr.shape[2], pyr.shape[3]
                 check_memory_budget(
@@ -181,7 +175,7 @@ class SPADE(BaseDetector):
         return torch.cat(out)
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f, pyr = self._features(self._backbone(images))  # (B, C_img), (B, h, w, C)
+        f, pyr = self._features(self._backbone_features(images, device=self.device_))  # (B, C_img), (B, h, w, C)
         bank = self.train_image_features_
         dist, nn_idx = knn(f.to(bank.device), bank, self.k_)  # distances to N_K(y) (B, K)
         scores = dist.mean(dim=1)

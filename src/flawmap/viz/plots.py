@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .text import format_label as label, format_value
+
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
 
@@ -32,14 +34,6 @@ def _save(fig, path: Path) -> Path:
 
 def is_numeric(values: Sequence[Any]) -> bool:
     return all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values)
-
-
-def label(v: Any) -> str:
-    if isinstance(v, (list, tuple)):
-        return "+".join(map(str, v))
-    if isinstance(v, float):
-        return f"{v:g}"
-    return "default" if v is None else str(v)
 
 
 def line_plot(path: Path, x_name: str, xs: Sequence[Any], series: dict[str, dict[str, Sequence[float | None]]],
@@ -82,7 +76,7 @@ def roc_plot(path: Path, image: dict[str, tuple[Sequence[float], Sequence[float]
     fig, axes = _figure(2, 3.8, 3.6)
     for ax, curves, name in ((axes[0], image, "image ROC"), (axes[1], pixel, "pixel ROC")):
         for i, (m, (fpr, tpr, auc)) in enumerate(curves.items()):
-            lab = m if auc is None else f"{m} ({auc:.3f})"
+            lab = m if auc is None else f"{m} ({format_value(auc, 3)})"
             ax.plot(fpr, tpr, color=_COLORS[i % len(_COLORS)], label=lab, drawstyle="default")
         ax.plot([0, 1], [0, 1], color="#bbbbbb", linestyle=":", linewidth=1)
         ax.set_xlim(0, 1)

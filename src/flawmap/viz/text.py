@@ -23,6 +23,16 @@ def format_value(v: Any, digits: int = 4, large_digits: int | None = 1) -> str:
     return str(v)
 
 
+def format_label(v: Any) -> str:
+    """A hyperparameter value as a short label (plot ticks, legends, file names, report tables): a list/tuple
+    -> its items joined by '+', a float -> ``%g``, None -> 'default', anything else -> str."""
+    if isinstance(v, (list, tuple)):
+        return "+".join(map(str, v))
+    if isinstance(v, float):
+        return f"{v:g}"
+    return "default" if v is None else str(v)
+
+
 def format_table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str] = DEFAULT_COLUMNS) -> str:
     """Plain-text table for the terminal: a header, a rule, one left-aligned line per row (format_value)."""
     cells = [[format_value(r.get(c)) for c in cols] for r in rows]
@@ -32,4 +42,4 @@ def format_table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str] = DEFAUL
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULT_COLUMNS", "format_table", "format_value"]
+__all__ = ["DEFAULT_COLUMNS", "format_label", "format_table", "format_value"]
