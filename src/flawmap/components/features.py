@@ -105,6 +105,8 @@ def images_digest(images: torch.Tensor) -> str:
 @torch.no_grad()
 def _compute(backbone: FeatureExtractor, images: torch.Tensor, batch_size: int, desc: str,
              device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    if len(images) <= batch_size:  # one batch: no slicing, so a traced graph (ONNX export) keeps a dynamic batch
+        return {name: f.float().to(device) for name, f in backbone(images).items()}
     out: dict[str, list[torch.Tensor]] = {name: [] for name in backbone.layers}
     starts = range(0, len(images), batch_size)
     for s in progress(starts, desc=desc, total=len(starts), unit="batch") if len(starts) > 1 else starts:
