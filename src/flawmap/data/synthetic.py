@@ -36,6 +36,11 @@ SYNTHETIC_VERSION = "synthetic-v2"
 DEFAULT_CATEGORIES: tuple[str, ...] = ("texture", "object", "hard")
 DEFECT_TYPES: tuple[str, ...] = ("scratch", "blob", "color")
 _MARKER = ".flawmap-synthetic.json"
+#: "hard" defects: relative brightness change of a scratch / dent, share of the tint mixed into a colour
+#: spot, semi-axes of dents and spots as fractions of the image side
+SUBTLE_CONTRAST = 0.2
+_SUBTLE_TINT = 0.5
+_SUBTLE_RADII = (0.025, 0.04)
 _LUMA = np.array([0.299, 0.587, 0.114])
 _Grid = tuple[np.ndarray, np.ndarray]
 
@@ -142,30 +147,30 @@ def _add_defect(img: np.ndarray, kind: str, rng: np.random.Generator, center: np
                 subtle: bool = False) -> np.ndarray:
     """Paint a defect in place; return its exact mask (the only pixels that were changed).
 
-    subtle: small (each under ~1% of the image) and low-contrast (a few grey levels: a scratch 12% darker
-    or brighter than the surface, a dent 10%, a tint mixed 35% into the surface colour at its luminance).
+    subtle: small (each under ~1% of the image) and low-contrast (a scratch or dent SUBTLE_CONTRAST = 20%
+    darker or brighter than the surface under it, a tint mixed 50% into the surface colour at its luminance).
     """
     size = img.shape[0]
     if kind == "scratch":
         mask = _polyline_mask(rng, size, center, grid, subtle)
         if subtle:
-            img[mask] = np.clip(img[mask] * (0.88 if rng.random() < 0.5 else 1.12), 0, 1)
+            img[mask] = np.clip(img[mask] * (1 + SUBTLE_CONTRAST * rng.choice((-1, 1))), 0, 1)
         else:
             img[mask] = 0.04 if rng.random() < 0.5 else 0.96
     elif kind == "blob":
         if subtle:  # a shallow dent: a uniformly darker or brighter spot
-            mask = _ellipse_mask(rng, size, center, grid, 0.02, 0.035)
-            img[mask] = np.clip(img[mask] * (0.9 if rng.random() < 0.5 else 1.1), 0, 1)
+            mask = _ellipse_mask(rng, size, center, grid, *_SUBTLE_RADII)
+            img[mask] = np.clip(img[mask] * (1 + SUBTLE_CONTRAST * rng.choice((-1, 1))), 0, 1)
             return mask
         mask = _ellipse_mask(rng, size, center, grid, 0.05, 0.1)
         tint, lum = _hue(rng, 0.2, 1.0), float((img[mask] @ _LUMA).mean()) if mask.any() else 0.5
         speckle = rng.uniform(0.5, 1.5, (size, size, 1))[mask]  # high-frequency speckle in another colour
         img[mask] = np.clip(tint / (tint @ _LUMA) * lum * speckle, 0, 1)
     elif kind == "color":
-        mask = _ellipse_mask(rng, size, center, grid, *((0.02, 0.035) if subtle else (0.05, 0.09)))
+        mask = _ellipse_mask(rng, size, center, grid, *(_SUBTLE_RADII if subtle else (0.05, 0.09)))
         tint = _hue(rng, 0.25, 1.0)
         shifted = np.clip((img[mask] @ _LUMA)[:, None] * tint / (tint @ _LUMA), 0, 1)
-        img[mask] = 0.65 * img[mask] + 0.35 * shifted if subtle else shifted
+        img[mask] = (1 - _SUBTLE_TINT) * img[mask] + _SUBTLE_TINT * shifted if subtle else shifted
     else:
         raise ConfigError(f"unknown synthetic defect type {kind!r}; allowed: {DEFECT_TYPES}")
     return mask
