@@ -240,7 +240,8 @@ def _apply_method_overrides(cfg, args: argparse.Namespace, study_mode: bool) -> 
 
 def load_bench_study(args: argparse.Namespace):
     """The study (or plain sweep) of a `flawmap bench` command line: file, preset, then flags."""
-    from .bench.config import BenchConfig, StudyConfig, load_study, parse_corruptions, preset_path
+    from .bench.config import StudyConfig, load_study, parse_corruptions, preset_path
+    from .bench.defaults import default_bench_config
     from .components.backbones import list_backbones
     from .errors import ConfigError
 
@@ -249,9 +250,9 @@ def load_bench_study(args: argparse.Namespace):
     path = preset_path(args.study) if args.study else args.config
     if path:
         study = load_study(path)
-    else:
-        cfg = BenchConfig()
-        study = StudyConfig(base=cfg, experiments={"": cfg})
+    else:  # every method, cpu-quick settings, on the embedded data unless --data (flawmap.bench.defaults)
+        cfg = default_bench_config()
+        study = StudyConfig(base=cfg, experiments={cfg.name or "": cfg})
     study_mode = study.is_study
     base = study.base
     for attr in ("data", "out", "executor", "workers", "address", "gallery"):
@@ -338,7 +339,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.executors import make_executor
     from .bench.runner import RunOptions
-    from .bench.sweep import run_sweep, summary_table
+    from .bench.sweep import run_sweep
     from .data import ensure_synthetic_dataset
 
     study = load_bench_study(args)
@@ -358,7 +359,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if study.name:
         print(f"study {study.name!r}: experiments {', '.join(study.experiments)}")
     res = run_sweep(study, data_root, out, executor, options, skip_unavailable=study.is_study)
-    print(summary_table(res.rows))
+    _print_summary(res.rows)
     print(f"\nresults table: {res.csv_path}  (all runs of this store: {out / 'results.sqlite'})"
           + (f"; parquet: {res.parquet_path}" if res.parquet_path else ""))
     if cache:
@@ -370,13 +371,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .viz.report import build_report
 
         report_dir = Path(base.report) if isinstance(base.report, str) else out / "report"
-        index = build_report(out, report_dir)
-        print(f"report: {index}")
+        index = build_report(out, report_dir).resolve()
+        if args.open:
+            import webbrowser
+
+            webbrowser.open(index.as_uri())
+        print(f"report: {index.as_uri()}")
     if res.failures:
         n = sum(len(f.keys) for f in res.failures)
         print(f"{n} runs failed (see FAILED lines above); re-run the same command to retry them", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_summary(rows: list[dict[str, Any]]) -> None:
+    """The results table; runs of the default (cpu-quick) bench get a `preset` column and a note saying
+    what each preset changes from the papers."""
+    from .bench.defaults import CPU_QUICK, preset_changes, preset_of
+    from .bench.sweep import summary_table
+
+    if not any(CPU_QUICK in str(r.get("experiment") or "").split(";") for r in rows):
+        print(summary_table(rows))
+        return
+    rows = [{**r, "preset": preset_of(r["method"], r)} for r in rows]
+    print(summary_table(rows))
+    by = {p: list(dict.fromkeys(r["method"] for r in rows if r["preset"] == p)) for p in ("paper", CPU_QUICK, "custom")}
+    if by[CPU_QUICK]:
+        print(f"\npreset {CPU_QUICK}: shortened to run in minutes on a CPU, NOT the papers' settings (trained methods "
+              "are far from converged, so their figures are low): "
+              + "; ".join(f"{m}: {preset_changes(m)}" for m in by[CPU_QUICK]))
+    if by["paper"]:
+        print(f"preset paper: the paper's hyperparameters ({', '.join(by['paper'])})")
+    if by["custom"]:
+        print(f"preset custom: hyperparameters set by flags ({', '.join(by['custom'])}; see results.csv)")
 
 
 def tune_config(args: argparse.Namespace):
@@ -508,8 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the presets shipped with flawmap (e.g. `--study seed`, every experiment of the original study) or a study YAML path")
     p.add_argument("--data", default=None, help="MVTec-layout root (default: the embedded synthetic dataset, no download)")
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all under --data)")
-    p.add_argument("--methods", default=None, help="comma-separated methods (default: patchcore; with --study: "
-                   "only these methods of the study)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default without CONFIG/--study: all "
+                   "five, patchcore, padim, spade, fastflow, riad, with the cpu-quick presets of flawmap.bench.defaults; "
+                   "with --study: only these methods of the study)")
     p.add_argument("--grid", action="append", metavar="KEY=[V1,V2]",
                    help="sweep a hyperparameter over values, repeatable (cartesian product); KEY may be METHOD.KEY")
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
@@ -545,8 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", type=_int_at_least(0), default=None, help="gallery panels saved per run for each of best, worst, "
                    "borderline test images (default 2; 0 = none)")
     p.add_argument("--report", nargs="?", const="", default=None, metavar="DIR", help="write an HTML/Markdown report "
-                   "after the sweep (default folder <out>/report; a study always writes one)")
+                   "after the sweep (default folder <out>/report; a study and the default run without CONFIG always "
+                   "write one)")
     p.add_argument("--no-report", action="store_true", help="do not write the report")
+    p.add_argument("--open", action="store_true", help="open the report in a web browser when it is written")
     p.add_argument("--keep-going", action="store_true", help="log a failing run and continue with the others "
                    "(exit code 1 at the end)")
     p.set_defaults(func=cmd_bench)

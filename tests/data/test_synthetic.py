@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from flawmap.data import (
     make_synthetic_mvtec,
     scan_category,
 )
+from flawmap.data.synthetic import DEFAULT_CATEGORIES, SUBTLE_CONTRAST, SYNTHETIC_VERSION
 from flawmap.errors import ConfigError, DataError
 
 SMALL = dict(n_train=4, n_test_good=3, n_test_defect=6, size=64)
@@ -78,17 +80,18 @@ def test_bad_arguments(tmp_path: Path) -> None:
 
 def test_default_root_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FLAWMAP_DATA_HOME", str(tmp_path / "home"))
-    assert default_synthetic_root() == tmp_path / "home" / "synthetic-v1"
+    assert SYNTHETIC_VERSION == "synthetic-v2"  # v1 caches (no hard category) are not reused
+    assert default_synthetic_root() == tmp_path / "home" / "synthetic-v2"
     monkeypatch.delenv("FLAWMAP_DATA_HOME")
-    assert default_synthetic_root() == Path.home() / ".cache" / "flawmap" / "synthetic-v1"
+    assert default_synthetic_root() == Path.home() / ".cache" / "flawmap" / "synthetic-v2"
 
 
 def test_ensure_generates_once_atomically(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FLAWMAP_DATA_HOME", str(tmp_path))
     root = ensure_synthetic_dataset()
-    assert root == tmp_path / "synthetic-v1"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic-v1"]  # no temp folder left behind
-    assert list_categories(root) == ["object", "texture"]
+    assert root == tmp_path / "synthetic-v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic-v2"]  # no temp folder left behind
+    assert list_categories(root) == ["hard", "object", "texture"] == sorted(DEFAULT_CATEGORIES)
     stamp = (root / "texture" / "train" / "good" / "000.png").stat().st_mtime_ns
     assert ensure_synthetic_dataset(root) == root
     assert (root / "texture" / "train" / "good" / "000.png").stat().st_mtime_ns == stamp
@@ -108,3 +111,72 @@ def test_interrupted_generation_leaves_nothing(monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises(KeyboardInterrupt):
         ensure_synthetic_dataset(tmp_path / "ds")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- the hard category: random pose, small low-contrast defects, exact masks ----------------------------
+@pytest.fixture(scope="module")
+def hard_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_mvtec(tmp_path_factory.mktemp("hard"), categories=("hard",), n_train=10, n_test_good=2,
+                                n_test_defect=9, size=128, seed=0)
+
+
+def _pose(img: np.ndarray) -> tuple[float, float, float]:
+    """(centroid y, centroid x, axis angle in [0, pi)) of the bright part on the dark background."""
+    fg = (img.astype(float) @ [0.299, 0.587, 0.114]) > 90
+    yy, xx = np.nonzero(fg)
+    cy, cx = yy.mean(), xx.mean()
+    cov = np.cov(np.stack([xx - cx, yy - cy]))
+    w, v = np.linalg.eigh(cov)
+    return cy, cx, float(np.arctan2(v[1, 1], v[0, 1]) % np.pi)
+
+
+def test_hard_objects_have_random_poses(hard_root: Path) -> None:
+    poses = np.array([_pose(load_image(p)) for p in sorted((hard_root / "hard" / "train" / "good").iterdir())])
+    assert poses[:, 0].std() > 4 and poses[:, 1].std() > 4  # not all at the same place (pixels)
+    angles = np.sort(poses[:, 2])
+    gaps = np.diff(np.concatenate([angles, angles[:1] + np.pi]))
+    assert gaps.max() < np.pi / 2  # orientations spread over the half circle, not one pose
+    obj = np.array([_pose(load_image(p)) for p in sorted((hard_root / "hard" / "test" / "good").iterdir())])
+    assert np.ptp(obj[:, 2]) > 0.05 or np.ptp(obj[:, 1]) > 2
+
+
+def test_hard_defects_are_small(hard_root: Path) -> None:
+    data = scan_category(hard_root, "hard")
+    assert data.test_counts == {"good": 2, "scratch": 3, "blob": 3, "color": 3}
+    split = load_split(data, "test", Transform(128))
+    assert split.masks is not None
+    area = split.masks.flatten(1).float().mean(1)
+    defect = torch.from_numpy(split.labels == 1)
+    assert (area[defect] > 0.0002).all() and (area[defect] < 0.01).all() and (area[~defect] == 0).all()
+    default = make_synthetic_mvtec(hard_root.parent / "other", categories=("object",), n_train=1, n_test_good=1,
+                                   n_test_defect=9, size=128, seed=0)
+    other = load_split(scan_category(default, "object"), "test", Transform(128))
+    assert other.masks is not None and other.masks.flatten(1).float().mean(1)[1:].mean() > 3 * area[defect].mean()
+
+
+@pytest.mark.parametrize("kind", ["scratch", "blob", "color"])
+def test_hard_defects_are_low_contrast_with_exact_masks(kind: str) -> None:
+    from flawmap.data import synthetic as syn
+
+    size = 128
+    grid = np.mgrid[0:size, 0:size].astype(np.float64)
+    g = (grid[0], grid[1])
+    for k in range(6):
+        rng = np.random.default_rng([0, k])
+        img, (cy, cx, *_rest) = syn._part(rng, np.random.default_rng(0), size, g)
+        before = img.copy()
+        mask = syn._add_defect(img, kind, rng, np.array([cy, cx]), g, subtle=True)
+        changed = np.abs(img - before).max(-1) > 0
+        assert changed.sum() > 0 and (changed == mask).all()  # the mask is exactly the changed pixels
+        assert mask.mean() < 0.01  # small
+        diff = np.abs(img - before)[mask]  # low contrast:
+        if kind == "color":  # same luminance, half the hue change of the other categories' spots
+            assert np.abs((img - before)[mask] @ [0.299, 0.587, 0.114]).max() < 0.01
+        else:  # at most SUBTLE_CONTRAST (20%) darker or brighter than the surface under it
+            assert (diff <= SUBTLE_CONTRAST * before[mask] + 1e-9).all()
+        assert diff.max(-1).mean() < (0.3 if kind == "color" else 0.2)  # of 1.0 = full scale
+        q = lambda x: np.rint(x * 255)  # noqa: E731 - and still visible in the 8-bit file
+        assert (q(img) != q(before)).any(-1)[mask].mean() > 0.9
+        loud = before.copy()  # the other categories' defects of this kind are far stronger
+        loud_mask = syn._add_defect(loud, kind, np.random.default_rng([0, k]), np.array([cy, cx]), g)
+        assert np.abs(loud - before)[loud_mask].max(-1).mean() > diff.max(-1).mean()

@@ -174,6 +174,8 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
             "fit_seconds", "predict_seconds_per_image", "peak_rss_mb"]
     if any(r.get("corruption") not in (None, "none") for r in rows):
         cols[3:3] = ["corruption", "severity"]
+    if any("preset" in r for r in rows):  # which settings a row ran with (cli: paper, cpu-quick, custom)
+        cols[2:2] = ["preset"]
     return format_table(rows, tuple(cols))
 
 
