@@ -1,23 +1,21 @@
-"""MVTec AD layout: scanning categories, image transforms and loading splits into tensors."""
+"""MVTec AD layout: scanning categories, image transforms, the Split record (loading: ``data.loading``)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..errors import ConfigError, DataError
-from ..progress import progress
-from .images import IMAGE_SUFFIXES, check_image_size, load_image, read_mask, warn_distorted
+from .images import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -208,12 +206,16 @@ class Transform:
             im = im.crop((left, top, left + cw, top + ch))
         return im
 
-    def __call__(self, img: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) -> float32 (3, H', W') in [0, 1]."""
+    def to_uint8(self, img: np.ndarray) -> torch.Tensor:
+        """uint8 (H, W, 3) -> uint8 (3, H', W'): the resized, cropped pixels (4x smaller than float)."""
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise DataError(f"Transform expects a uint8 (H, W, 3) image; got {img.dtype} {img.shape}")
         out = np.array(self._geometry(Image.fromarray(img), Image.Resampling.BILINEAR))  # writable copy
-        return torch.from_numpy(out).permute(2, 0, 1).float().div_(255.0)
+        return torch.from_numpy(out).permute(2, 0, 1)
+
+    def __call__(self, img: np.ndarray) -> torch.Tensor:
+        """uint8 (H, W, 3) -> float32 (3, H', W') in [0, 1] (exactly ``to_uint8(img) / 255``)."""
+        return self.to_uint8(img).float().div_(255.0)
 
     def mask(self, m: np.ndarray) -> torch.Tensor:
         """bool (H, W) -> bool (H', W'), nearest-neighbour so it stays binary."""
@@ -261,58 +263,16 @@ def preprocessing(paper: Transform | Mapping[str, Any], resize: int | None = Non
 
 @dataclass
 class Split:
-    """Decoded images of one split; masks is None when the dataset has no ground truth."""
+    """Decoded images of one split: images (N, 3, H, W) float32 in [0, 1] or uint8; labels (N,); masks
+    (N, H, W) bool, None when the dataset has no ground truth; ``skipped``: unreadable files left out
+    (only with ``skip_bad``)."""
 
     images: torch.Tensor
     labels: np.ndarray
     masks: torch.Tensor | None
     defect_types: list[str]
     paths: list[Path]
+    skipped: list[Path] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
-
-
-def load_split(data: CategoryData, split: Literal["train", "test"], transform: Transform, workers: int = 4) -> Split:
-    """Decode and transform all images (and masks) of a split with a thread pool and a progress bar."""
-    if split not in ("train", "test"):
-        raise ConfigError(f"split must be 'train' or 'test'; got {split!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers must be an int >= 1; got {workers!r}")
-    transform.validate()
-    samples = data.train if split == "train" else data.test
-    if not samples:
-        raise DataError(f"{data.path}: the {split} split has no images")
-    (h, w), n = transform.output_size, len(samples)
-    images = torch.empty((n, 3, h, w), dtype=torch.float32)
-    masks = torch.zeros((n, h, w), dtype=torch.bool) if data.has_ground_truth else None
-
-    distorted: list[Path] = []  # list.append is atomic: safe from the loader threads
-    grey: list[Path] = []
-
-    def work(i: int) -> int:
-        s = samples[i]
-        img = check_image_size(load_image(s.path), s.path, (h, w), distorted)
-        images[i] = transform(img)
-        if masks is not None and s.mask_path is not None:
-            m, binary = read_mask(s.mask_path)
-            if not binary:
-                grey.append(s.mask_path)
-            if m.shape != img.shape[:2]:
-                raise DataError(f"mask {s.mask_path} has size {m.shape[1]}x{m.shape[0]} (WxH) but its image "
-                                f"{s.path} has size {img.shape[1]}x{img.shape[0]}")
-            masks[i] = transform.mask(m)
-        return i
-
-    pool = ThreadPoolExecutor(max_workers=min(workers, n), thread_name_prefix="flawmap-load")
-    try:
-        for _ in progress(pool.map(work, range(n)), desc=f"{data.category}/{split}", total=n, unit="img"):
-            pass
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # on error: drop queued work, re-raise the first failure
-    warn_distorted(sorted(distorted), (h, w))
-    if grey:
-        _warn_once(f"{len(grey)} ground-truth mask(s) of {data.path} are not binary (more than one nonzero grey "
-                   f"level; MVTec masks are 0/255): every nonzero pixel counts as defect: {_names(sorted(grey))}")
-    labels = np.array([s.label for s in samples], dtype=np.int64)
-    return Split(images, labels, masks, [s.defect_type for s in samples], [s.path for s in samples])
