@@ -116,6 +116,17 @@ def map_display_range(maps: Any, percentiles: tuple[float, float] = (1.0, 99.9),
 
 
 # ---- calibration of a deployed model (held-out good images -> thresholds + normalisation) ----------
+def check_target_fpr(target_fpr: Any) -> float:
+    """The target false-alarm rate as a float in (0, 1); anything else raises ConfigError."""
+    try:
+        v = float(target_fpr)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(target_fpr, bool) or not 0.0 < v < 1.0:
+        raise ConfigError(f"target FPR must be a number in (0, 1) (e.g. 0.01 for 1%); got {target_fpr!r}")
+    return v
+
+
 def fpr_threshold(scores_good: Any, target_fpr: float) -> tuple[float, float]:
     """Threshold t for the decision ``score >= t`` with false-alarm rate at most ``target_fpr`` on new good
     images, from n held-out good scores (split-conformal rule).
@@ -126,8 +137,7 @@ def fpr_threshold(scores_good: Any, target_fpr: float) -> tuple[float, float]:
     guaranteed rate is only 1 / (n + 1). Returns (t, guaranteed_fpr); ``guaranteed_fpr`` >= 1 / (n + 1) is
     the resolution the number of calibration images allows.
     """
-    if not 0.0 < float(target_fpr) < 1.0:
-        raise ConfigError(f"target FPR must be in (0, 1) (e.g. 0.01 for 1%); got {target_fpr!r}")
+    check_target_fpr(target_fpr)
     v = np.sort(as_array(scores_good).astype(np.float64, copy=False).ravel())
     if v.size == 0 or not np.isfinite(v).all():
         raise DataError(f"fpr_threshold: need finite scores of good images; got {v.size} values")
