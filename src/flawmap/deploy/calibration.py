@@ -108,8 +108,8 @@ def fit_calibrated(det: Any, plan: CalibrationPlan, transform: Any, *, target_fp
         raise DataError(f"only {len(train)} readable training image(s) left; at least 2 are needed")
     cal = load_files(plan.calibration, transform, desc="calibration", skip_bad=skip_bad, keep_uint8=True)
     if len(cal) < MIN_CALIBRATION_IMAGES:
-        raise DataError(f"only {len(cal)} readable calibration images left; at least {MIN_CALIBRATION_IMAGES} "
-                        "are needed")
+        raise DataError(f"only {len(cal)} readable calibration images left ({len(cal.skipped)} skipped); at least "
+                        f"{MIN_CALIBRATION_IMAGES} are needed: give more good images or --val-good")
     bad = load_files(plan.val_bad, transform, desc="val-bad", skip_bad=skip_bad, keep_uint8=True) \
         if plan.val_bad else None
     n_train, skipped = len(train), [*train.skipped, *cal.skipped, *(bad.skipped if bad is not None else [])]
