@@ -29,15 +29,15 @@ def write_images(folder: Path, n: int, size: int, seed: int = 0) -> float:
     """N PNGs (size x size RGB) into folder; returns the seconds it took (skips existing files)."""
     t0 = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     for i in range(n):
         p = folder / f"part_{i:05d}.png"
+        if p.exists():
+            continue
+        rng = np.random.default_rng([seed, i])  # image i is the same whether or not others exist
         dx, dy, light = rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03), rng.uniform(0.9, 1.1)
         disc = ((xx - 0.5 - dx) ** 2 + (yy - 0.5 - dy) ** 2 < 0.09).astype(np.float32)
         grey = (70 + 90 * xx + 60 * disc) * light
-        if p.exists():
-            continue
         img = np.stack([grey, grey * 0.95, grey * 0.9], axis=-1) + rng.normal(0, 2.0, (size, size, 1))
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(p, compress_level=1)
     return time.perf_counter() - t0

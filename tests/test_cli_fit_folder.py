@@ -281,3 +281,29 @@ def test_load_folder_returns_a_split_of_uint8_or_float_images(folders: dict[str,
     assert s8.images.shape == (14, 3, 32, 32) and s8.masks is None and not s8.labels.any()
     assert any(p.parent.name == "line2" for p in s8.paths) and {p.suffix for p in s8.paths} == {".png", ".jpg"}
     assert (s8.images.float() / 255).equal(sf.images)  # the same values, 4x less memory
+
+
+# ---- test: the stored decision's false-alarm and miss rates ------------------------------------------
+def test_test_reports_the_rates_of_the_stored_decision(synthetic_root: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "m"
+    assert main(["fit", "--data", str(synthetic_root), "--category", "object", "--out", str(model), *FAST]) == 0
+    test_dir = synthetic_root / "object" / "test"
+    rows = _predict_rows(model, [test_dir], tmp_path / "o")
+    good = [r["anomalous"] == "True" for r in rows if "/test/good/" in r["path"]]
+    bad = [r["anomalous"] == "False" for r in rows if "/test/good/" not in r["path"]]
+    capsys.readouterr()
+    assert main(["test", str(model), "--data", str(synthetic_root), "--category", "object"]) == 0
+    header, _, body, summary = capsys.readouterr().out.strip().splitlines()
+    row = dict(zip(header.split(), body.split(), strict=True))
+    assert float(row["false_alarm_rate"]) == pytest.approx(sum(good) / len(good), abs=1e-4)  # same verdicts as predict
+    assert float(row["miss_rate"]) == pytest.approx(sum(bad) / len(bad), abs=1e-4)
+    assert f"{sum(good)} false alarms on {len(good)} good images, {sum(bad)} misses on {len(bad)}" in summary
+    cfg = json.loads((model / "config.json").read_text())
+    del cfg["extra"]["calibration"]
+    (model / "config.json").write_text(json.dumps(cfg))
+    assert main(["test", str(model), "--data", str(synthetic_root), "--category", "object"]) == 0
+    captured = capsys.readouterr()
+    header, _, body = captured.out.strip().splitlines()
+    row = dict(zip(header.split(), body.split(), strict=True))
+    assert row["false_alarm_rate"] == row["miss_rate"] == "n/a" and "has no calibration" in captured.err
