@@ -82,7 +82,12 @@ def test_bench_unknown_param_lists_allowed(synthetic_root: Path, tmp_path: Path,
     assert "coreset_ratio" in err and "unknown parameter" in err
 
 
-def test_fit_predict_test(synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fit_predict_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flawmap.data import make_synthetic_mvtec
+
+    # 24 good images: 8 held out for calibration, 16 to train on
+    synthetic_root = make_synthetic_mvtec(tmp_path / "data", categories=("object",), n_train=24, n_test_good=3,
+                                          n_test_defect=5, size=128, seed=0)
     model = tmp_path / "model"
     assert main(["fit", "--data", str(synthetic_root), "--category", "object", "--out", str(model), *FAST]) == 0
     assert (model / "model.safetensors").is_file() and (model / "config.json").is_file()
@@ -96,10 +101,11 @@ def test_fit_predict_test(synthetic_root: Path, tmp_path: Path, capsys: pytest.C
     capsys.readouterr()
     assert main(["test", str(model), "--data", str(synthetic_root), "--category", "object"]) == 0
     header, rule, *body = capsys.readouterr().out.strip().splitlines()
-    assert set(rule) <= {"-", " "} and len(body) == 1
+    assert set(rule) <= {"-", " "} and len(body) == 2 and body[1].startswith("stored decision")
     row = dict(zip(header.split(), body[0].split(), strict=True))
     assert (row["method"], row["category"], row["backbone"]) == ("patchcore", "object", "efficientnet_lite0")
-    metrics = {k: float(row[k]) for k in ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1")}  # no n/a
+    metrics = {k: float(row[k]) for k in ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1",
+                                          "false_alarm_rate", "miss_rate")}  # no n/a
     assert all(0.0 <= v <= 1.0 for v in metrics.values()), metrics
     assert metrics["image_auroc"] > 0.8 and metrics["pixel_auroc"] > 0.8, metrics
     assert float(row["predict_seconds_per_image"]) > 0

@@ -77,9 +77,9 @@ def test_fit_replaces_an_existing_model_only_with_force(synthetic_root: Path, mo
     before = _tree(m)
     assert main(_fit_args(synthetic_root, m)) == 2
     assert "--force" in capsys.readouterr().err and _tree(m) == before
-    assert main(_fit_args(synthetic_root, m, "--force", "--calibration-images", "3")) == 0
+    assert main(_fit_args(synthetic_root, m, "--force", "--target-fpr", "0.05")) == 0
     cfg = json.loads((m / "config.json").read_text())
-    assert cfg["extra"]["calibration"].startswith("3 ") and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert cfg["extra"]["calibration"]["target_fpr"] == 0.05 and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
 def test_save_killed_after_the_swap_leaves_a_loadable_model(model: Path, tmp_path: Path,

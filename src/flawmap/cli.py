@@ -54,10 +54,32 @@ def _transform(method: str, resize: int | None, crop: int | None):
 
 
 # ---- commands -----------------------------------------------------------------------------------
+def _fit_sources(args: argparse.Namespace):
+    """The CalibrationPlan of a `flawmap fit` command line (every folder and count checked, nothing decoded)."""
+    from .data import find_images, scan_category
+    from .deploy.calibration import DEFAULT_CALIBRATION_FRACTION, plan_calibration
+    from .errors import ConfigError
+
+    if args.train is not None and (args.data is not None or args.category is not None):
+        raise ConfigError("give either --train DIR (a folder of good images) or --data ROOT --category C, not both")
+    if args.train is None and (args.data is None or args.category is None):
+        raise ConfigError("give --train DIR (a folder of good images), or --data ROOT together with --category C")
+    if args.val_good is not None and args.calibration_fraction is not None:
+        raise ConfigError("give either --val-good DIR or --calibration-fraction, not both")
+    if args.train is not None:
+        files = find_images(args.train, "--train")
+    else:
+        files = [s.path for s in scan_category(args.data, args.category).train]
+    fraction = DEFAULT_CALIBRATION_FRACTION if args.calibration_fraction is None else args.calibration_fraction
+    return plan_calibration(files, val_good=None if args.val_good is None else find_images(args.val_good, "--val-good"),
+                            fraction=fraction, seed=args.seed,
+                            val_bad=() if args.val_bad is None else find_images(args.val_bad, "--val-bad"))
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from .base import check_save_target
-    from .data import load_split, scan_category
-    from .metrics.thresholds import map_display_range, threshold_from_good
+    from .deploy.calibration import fit_calibrated
+    from .metrics.thresholds import check_target_fpr
     from .registry import get_detector
 
     params = parse_params(args.param)
@@ -65,41 +87,37 @@ def cmd_fit(args: argparse.Namespace) -> int:
         params["device"] = args.device
     det = get_detector(args.method, **params)
     det.validate_params()
+    check_target_fpr(args.target_fpr)
     check_save_target(args.out, overwrite=args.force)  # before the fit: a refused or read-only --out costs nothing
     tf = _transform(args.method, args.resize, args.crop)
-    data = scan_category(args.data, args.category)
-    train = load_split(data, "train", tf)
-    t0 = time.perf_counter()
-    det.fit(train.images)
-    fit_s = time.perf_counter() - t0
-    # display scale and a default threshold from (in-sample) training images; documented as such
-    ref = det.predict(train.images[: args.calibration_images])
-    extra = {
-        "transform": tf.to_dict(),
-        "category": args.category,
-        "data": str(args.data),
-        "fit_seconds": round(fit_s, 3),
-        "map_range": list(map_display_range(ref.maps, headroom=2.0)),  # good images only: room for defects
-        "threshold": threshold_from_good(ref.maps.max(axis=(1, 2)), 0.99),
-        "calibration": f"{len(ref)} training images (in-sample)",
-    }
-    path = det.save(args.out, extra=extra, overwrite=args.force)
-    print(f"fitted {args.method} on {args.category} ({len(train)} images) in {fit_s:.1f} s -> {path}")
+    plan = _fit_sources(args)
+    fitted = fit_calibrated(det, plan, tf, target_fpr=args.target_fpr, skip_bad=args.skip_bad)
+    where = {"train": str(args.train)} if args.train is not None else {"data": str(args.data), "category": args.category}
+    path = det.save(args.out, extra=fitted.extra(**where), overwrite=args.force)
+    for f in fitted.skipped:
+        print(f"skipped unreadable image: {f}", file=sys.stderr)
+    cal = fitted.calibration
+    print(f"fitted {args.method} on {fitted.n_train} images in {fitted.fit_seconds:.1f} s -> {path}")
+    print(f"calibration: {cal.source}; anomalous iff score >= {cal.image_threshold:.6g} (target false-alarm rate "
+          f"{100 * cal.target_fpr:g}%, guaranteed {100 * cal.guaranteed_fpr:.1f}%)")
+    if note := cal.resolution_note():
+        print(note, file=sys.stderr)
+    if fitted.val_bad is not None:
+        vb = fitted.val_bad
+        print(f"--val-bad: {vb['misses']} of {vb['n']} defective images pass as good (expected miss rate "
+              f"{100 * vb['miss_rate']:.1f}%)")
     return 0
 
 
 def _collect_images(inputs: Sequence[str]) -> list[Path]:
-    from .data import IMAGE_SUFFIXES
+    from .data import find_images
     from .errors import DataError
 
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
-            if not found:
-                raise DataError(f"{p}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-            files += found
+            files += find_images(p)
         elif p.is_file():
             files.append(p)
         else:
@@ -116,12 +134,27 @@ def is_predict_output(path: Path) -> bool:
     return SCORES_CSV in names and all(n == SCORES_CSV or n.endswith("_overlay.png") for n in names)
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
+def _decision_of(pred: Any, args: argparse.Namespace):
+    """The model's stored calibration with the --threshold / --target-fpr overrides; None when it has none."""
+    from .errors import ConfigError
 
-    from .base import load_detector, read_model_config
-    from .data import Transform, load_image
+    cal = pred.calibration
+    if cal is None:
+        if args.threshold is not None or args.target_fpr is not None:
+            raise ConfigError(f"{args.model} has no calibration (fitted by an older flawmap), so --threshold / "
+                              "--target-fpr cannot be applied; refit it with `flawmap fit`")
+        print(f"{args.model} has no calibration (fitted by an older flawmap): raw scores only, no verdict; refit "
+              "it with `flawmap fit`", file=sys.stderr)
+        return None
+    if args.target_fpr is not None:
+        cal = cal.with_target_fpr(args.target_fpr)
+    return cal.with_threshold(args.threshold) if args.threshold is not None else cal
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .data import load_image
     from .data.images import check_image_size, warn_distorted
+    from .deploy.predictor import decide, open_predictor
     from .io import atomic_replace_dir, check_replaceable, check_writable
     from .progress import progress
     from .metrics.thresholds import map_display_range
@@ -132,13 +165,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_replaceable(out, is_predict_output, "`flawmap predict` output folder (scores.csv + overlay PNGs)",
                       force_flag="a new --out folder")
     check_writable(out.parent)
-    cfg = read_model_config(args.model)
-    extra = cfg.get("extra", {})
-    det = load_detector(args.model, device=args.device)
-    tf = Transform.from_dict(extra.get("transform", {"resize": 256, "crop": None}))
+    pred = open_predictor(args.model, device=args.device)
+    cal = _decision_of(pred, args)
     files = _collect_images(args.inputs)
-    vmin, vmax = extra.get("map_range") or [None, None]
-    threshold = args.threshold if args.threshold is not None else extra.get("threshold")
+    size = tuple(pred.transform.output_size)
     rows: list[dict[str, Any]] = []
     distorted: list[Path] = []
 
@@ -146,47 +176,56 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for i in progress(range(0, len(files), args.batch_size), desc="predict",
                           total=-(-len(files) // args.batch_size)):
             batch = files[i:i + args.batch_size]
-            images = [check_image_size(load_image(f), f, tf.output_size, distorted) for f in batch]
-            x = torch.stack([tf(img) for img in images])
-            res = det.predict(x)
-            for f, img, s, m in zip(batch, x.numpy(), res.scores, res.maps):
-                # a model saved without a display range: this map's own full range
-                lo, hi = (vmin, vmax) if vmin is not None else map_display_range(m, percentiles=(0.0, 100.0))
+            x = pred.preprocess([check_image_size(load_image(f), f, size, distorted) for f in batch])
+            scores, maps = pred.raw(x)
+            for f, img, m, v in zip(batch, x, maps, decide(cal, scores)):
+                # without a calibration: this map's own full range, no contour
+                lo, hi = cal.map_range if cal is not None else map_display_range(m, percentiles=(0.0, 100.0))
                 name = f"{len(rows):04d}_{f.stem}_overlay.png"
-                save_png(panel(to_uint8_image(img), m, lo, hi, threshold), tmp / name)
-                rows.append({"path": str(f), "score": float(s), "max_pixel": float(m.max()),
-                             "anomalous": None if threshold is None else bool(m.max() >= threshold), "overlay": name})
+                save_png(panel(to_uint8_image(img), m, lo, hi, None if cal is None else cal.pixel_threshold), tmp / name)
+                rows.append({"path": str(f), "score": v.score, "normalized_score": v.normalized_score,
+                             "anomalous": v.anomalous, "max_pixel": float(m.max()), "overlay": name})
         with open(tmp / SCORES_CSV, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
 
     atomic_replace_dir(out, build)
-    warn_distorted(distorted, tf.output_size)
+    warn_distorted(distorted, size)
+    if cal is not None:
+        print(f"anomalous iff score >= {cal.image_threshold:.6g} (normalized_score >= 0.5; target false-alarm rate "
+              f"{100 * cal.target_fpr:g}%, guaranteed {100 * cal.guaranteed_fpr:.1f}%, {cal.source})")
     for r in rows:
-        flag = "" if r["anomalous"] is None else ("  ANOMALOUS" if r["anomalous"] else "  ok")
-        print(f"{r['score']:10.4f}{flag}  {r['path']}")
+        verdict = "" if r["anomalous"] is None else (
+            f"  {r['normalized_score']:.3f}  " + ("ANOMALOUS" if r["anomalous"] else "ok"))
+        print(f"{r['score']:10.4f}{verdict}  {r['path']}")
     print(f"{len(rows)} images -> {out / SCORES_CSV} and overlay PNGs in {out}")
     return 0
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from .base import load_detector, read_model_config
     from .viz.text import format_table
-    from .data import Transform, load_split, scan_category
-    from .metrics import evaluate
+    from .data import load_split, scan_category
+    from .deploy.predictor import open_predictor
+    from .metrics import decision_rates, evaluate
 
-    cfg = read_model_config(args.model)
-    det = load_detector(args.model, device=args.device)
-    tf = Transform.from_dict(cfg.get("extra", {}).get("transform", {"resize": 256, "crop": None}))
-    test = load_split(scan_category(args.data, args.category), "test", tf)
+    pred = open_predictor(args.model, device=args.device)
+    test = load_split(scan_category(args.data, args.category), "test", pred.transform)
     t0 = time.perf_counter()
-    res = det.predict(test.images)
-    row = {"method": cfg["detector"], "category": args.category, "backbone": cfg["params"].get("backbone"),
-           **evaluate(test.labels, res.scores, test.masks, res.maps),
-           "predict_seconds_per_image": (time.perf_counter() - t0) / len(test)}
+    scores, maps = pred.raw(test.images.numpy())
+    seconds = (time.perf_counter() - t0) / len(test)
+    cal = pred.calibration
+    rates = decision_rates(test.labels, cal.decide(scores)) if cal is not None else {}
+    row = {"method": pred.method, "category": args.category, "backbone": pred.card.get("backbone"),
+           **evaluate(test.labels, scores, test.masks, maps), **rates, "predict_seconds_per_image": seconds}
     print(format_table([row], ("method", "category", "backbone", "image_auroc", "pixel_auroc", "aupro", "image_f1",
-                               "pixel_f1", "predict_seconds_per_image")))
+                               "pixel_f1", "false_alarm_rate", "miss_rate", "predict_seconds_per_image")))
+    if cal is None:
+        print(f"{args.model} has no calibration: false_alarm_rate and miss_rate need one; refit it with `flawmap fit`",
+              file=sys.stderr)
+    else:
+        print(f"stored decision (score >= {cal.image_threshold:.6g}): {rates['false_alarms']} false alarms on "
+              f"{rates['n_good']} good images, {rates['misses']} misses on {rates['n_defective']} defective images")
     return 0
 
 
@@ -490,15 +529,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_args(ap)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("fit", help="fit a detector on a category's good training images and save it")
+    p = sub.add_parser("fit", help="fit a detector on good images, calibrate its decision on held-out good images, save it")
     p.add_argument("--method", default="patchcore", help="detector name (default: patchcore; see `flawmap list`)")
-    _add_data_args(p, required=True)
-    p.add_argument("--category", required=True, help="category folder under --data")
+    p.add_argument("--train", default=None, metavar="DIR", help="folder of good images (searched recursively, any "
+                   "supported format, mixed sizes); or use --data and --category")
+    _add_data_args(p, required=False)
+    p.add_argument("--category", default=None, help="category folder under --data (its train/good images)")
     p.add_argument("--out", required=True, help="model folder to write (config.json + model.safetensors); must be "
                    "new or empty, or an existing flawmap model with --force; any other folder or file is refused")
     p.add_argument("--force", action="store_true", help="replace an existing flawmap model folder at --out")
-    p.add_argument("--calibration-images", type=_int_at_least(1), default=16,
-                   help="training images scored after fit to set the overlay colour scale and default threshold (default 16)")
+    p.add_argument("--val-good", default=None, metavar="DIR", help="good images kept out of training, used to "
+                   "calibrate the decision (default: a held-out fraction of the training images)")
+    p.add_argument("--val-bad", default=None, metavar="DIR", help="known defective images (optional): only used to "
+                   "report the expected miss rate of the calibrated decision")
+    p.add_argument("--calibration-fraction", type=float, default=None, help="fraction of the good images held out "
+                   "for calibration, in (0, 1) (default 0.15, at least 8 images); not with --val-good")
+    p.add_argument("--target-fpr", type=float, default=0.01, help="target false-alarm rate on good images, in (0, 1) "
+                   "(default 0.01 = 1%%)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration hold-out draw (default 0)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed at the end) instead of "
+                   "stopping at the first one")
     _add_method_args(p)
     p.set_defaults(func=cmd_fit)
 
@@ -506,13 +556,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model folder written by `flawmap fit`")
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--out", default="heatmaps", help="output folder (default: heatmaps)")
-    p.add_argument("--threshold", type=float, default=None, help="pixel threshold for the contour and the anomalous flag "
-                   "(default: the one stored at fit, from training images)")
+    override = p.add_mutually_exclusive_group()
+    override.add_argument("--threshold", type=float, default=None, help="image-score threshold of the anomalous "
+                          "verdict (default: the calibrated one stored at fit)")
+    override.add_argument("--target-fpr", type=float, default=None, help="recompute the image and pixel thresholds "
+                          "for this false-alarm rate in (0, 1) from the stored calibration scores")
     p.add_argument("--batch-size", type=_int_at_least(1), default=8, help="images per batch (default 8)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("test", help="evaluate a saved model on a category's test split")
+    p = sub.add_parser("test", help="evaluate a saved model on a category's test split (AUROC, AUPRO and the "
+                       "false-alarm / miss rates of its stored decision)")
     p.add_argument("model", help="model folder written by `flawmap fit`")
     p.add_argument("--data", required=True, help="MVTec-layout root folder")
     p.add_argument("--category", required=True, help="category folder under --data")

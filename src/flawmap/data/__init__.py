@@ -14,8 +14,9 @@ from .images import IMAGE_SUFFIXES, load_image, load_mask
 from .transform import Transform, preprocessing
 
 _LAZY = {
-    "CategoryData": "mvtec", "Sample": "mvtec", "Split": "mvtec", "list_categories": "mvtec", "load_split": "mvtec",
-    "scan_category": "mvtec",
+    "CategoryData": "mvtec", "Sample": "mvtec", "Split": "mvtec", "list_categories": "mvtec", "scan_category": "mvtec",
+    "find_images": "loading", "load_files": "loading", "load_folder": "loading", "load_images": "loading",
+    "load_split": "loading",
     "default_synthetic_root": "synthetic", "ensure_synthetic_dataset": "synthetic", "make_synthetic_mvtec": "synthetic",
 }
 
@@ -40,8 +41,12 @@ __all__ = [
     "Transform",
     "default_synthetic_root",
     "ensure_synthetic_dataset",
+    "find_images",
     "list_categories",
+    "load_files",
+    "load_folder",
     "load_image",
+    "load_images",
     "load_mask",
     "load_split",
     "make_synthetic_mvtec",

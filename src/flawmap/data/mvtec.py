@@ -1,28 +1,27 @@
-"""MVTec AD layout: scanning categories and loading splits into tensors (the transform is data/transform.py)."""
+"""MVTec AD layout: scanning categories and the Split record (transform: ``data.transform``; loading: ``data.loading``)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
-from ..progress import progress
-from .images import IMAGE_SUFFIXES, check_image_size, load_image, read_mask, warn_distorted
-from .transform import Transform
+from ..errors import DataError
+from .images import IMAGE_SUFFIXES
+from .transform import Transform, preprocessing
 
 logger = logging.getLogger(__name__)
 
 GOOD = "good"
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+__all__ = ["CategoryData", "Sample", "Split", "Transform", "list_categories", "preprocessing", "scan_category"]
 
 
 @dataclass(frozen=True)
@@ -167,58 +166,16 @@ def scan_category(root: str | PathLike[str], category: str) -> CategoryData:
 
 @dataclass
 class Split:
-    """Decoded images of one split; masks is None when the dataset has no ground truth."""
+    """Decoded images of one split: images (N, 3, H, W) float32 in [0, 1] or uint8; labels (N,); masks
+    (N, H, W) bool, None when the dataset has no ground truth; ``skipped``: unreadable files left out
+    (only with ``skip_bad``)."""
 
     images: torch.Tensor
     labels: np.ndarray
     masks: torch.Tensor | None
     defect_types: list[str]
     paths: list[Path]
+    skipped: list[Path] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
-
-
-def load_split(data: CategoryData, split: Literal["train", "test"], transform: Transform, workers: int = 4) -> Split:
-    """Decode and transform all images (and masks) of a split with a thread pool and a progress bar."""
-    if split not in ("train", "test"):
-        raise ConfigError(f"split must be 'train' or 'test'; got {split!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers must be an int >= 1; got {workers!r}")
-    transform.validate()
-    samples = data.train if split == "train" else data.test
-    if not samples:
-        raise DataError(f"{data.path}: the {split} split has no images")
-    (h, w), n = transform.output_size, len(samples)
-    images = torch.empty((n, 3, h, w), dtype=torch.float32)
-    masks = torch.zeros((n, h, w), dtype=torch.bool) if data.has_ground_truth else None
-
-    distorted: list[Path] = []  # list.append is atomic: safe from the loader threads
-    grey: list[Path] = []
-
-    def work(i: int) -> int:
-        s = samples[i]
-        img = check_image_size(load_image(s.path), s.path, (h, w), distorted)
-        images[i] = transform(img)
-        if masks is not None and s.mask_path is not None:
-            m, binary = read_mask(s.mask_path)
-            if not binary:
-                grey.append(s.mask_path)
-            if m.shape != img.shape[:2]:
-                raise DataError(f"mask {s.mask_path} has size {m.shape[1]}x{m.shape[0]} (WxH) but its image "
-                                f"{s.path} has size {img.shape[1]}x{img.shape[0]}")
-            masks[i] = transform.mask(m)
-        return i
-
-    pool = ThreadPoolExecutor(max_workers=min(workers, n), thread_name_prefix="flawmap-load")
-    try:
-        for _ in progress(pool.map(work, range(n)), desc=f"{data.category}/{split}", total=n, unit="img"):
-            pass
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # on error: drop queued work, re-raise the first failure
-    warn_distorted(sorted(distorted), (h, w))
-    if grey:
-        _warn_once(f"{len(grey)} ground-truth mask(s) of {data.path} are not binary (more than one nonzero grey "
-                   f"level; MVTec masks are 0/255): every nonzero pixel counts as defect: {_names(sorted(grey))}")
-    labels = np.array([s.label for s in samples], dtype=np.int64)
-    return Split(images, labels, masks, [s.defect_type for s in samples], [s.path for s in samples])

@@ -57,14 +57,24 @@ class Transform:
             im = im.crop((left, top, left + cw, top + ch))
         return im
 
-    def to_array(self, img: np.ndarray) -> np.ndarray:
-        """uint8 (H, W, 3) -> float32 (3, H', W') in [0, 1] (numpy): the one preprocessing function, used by
-        ``__call__`` (torch) and by the ONNX runtime (no torch)."""
+    def to_uint8_array(self, img: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) -> uint8 (3, H', W') numpy: the resized, cropped pixels (the one geometry rule)."""
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
             raise DataError(f"Transform expects a uint8 (H, W, 3) image; got {got}")
         out = np.asarray(self._geometry(Image.fromarray(img), Image.Resampling.BILINEAR))  # (H', W', 3) uint8
-        return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+    def to_uint8(self, img: np.ndarray) -> Any:
+        """uint8 (H, W, 3) -> uint8 torch.Tensor (3, H', W') (4x smaller than float; ``to_uint8_array``)."""
+        import torch
+
+        return torch.from_numpy(self.to_uint8_array(img))
+
+    def to_array(self, img: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) -> float32 (3, H', W') in [0, 1] (numpy), exactly ``to_uint8_array(img) / 255``: the
+        one preprocessing function, used by ``__call__`` (torch) and by the ONNX runtime (no torch)."""
+        return self.to_uint8_array(img).astype(np.float32) / np.float32(255.0)
 
     def __call__(self, img: np.ndarray) -> Any:
         """uint8 (H, W, 3) -> float32 torch.Tensor (3, H', W') in [0, 1] (``to_array`` as a tensor)."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from .auroc import image_auroc, pixel_auroc, roc_curve
-from .evaluate import METRIC_KEYS, evaluate
+from .evaluate import METRIC_KEYS, decision_rates, evaluate
 from .f1 import f1_max, pixel_f1_max
 from .pro import aupro, pro_curve
 from .thresholds import (
+    MIN_CALIBRATION_IMAGES,
     Calibration,
     calibrate,
     fpr_threshold,
@@ -20,7 +21,9 @@ from .thresholds import (
 )
 
 __all__ = [
+    "MIN_CALIBRATION_IMAGES",
     "Calibration",
+    "decision_rates",
     "calibrate",
     "fpr_threshold",
     "METRIC_KEYS",

@@ -40,3 +40,20 @@ def evaluate(
         out["aupro"] = aupro(m, a, fpr_limit)
         out["pixel_f1"] = pixel_f1_max(m, a)[0]
     return out
+
+
+def decision_rates(labels: Any, anomalous: Any) -> dict[str, float | int | None]:
+    """What a stored decision does on a labelled set: labels (N,) in {0, 1}, verdicts (N,) bool.
+
+    false_alarm_rate = good images flagged / good images, miss_rate = defective images passed / defective
+    images (None when the set has no image of that label), with the counts behind them.
+    """
+    y = as_array(labels).astype(bool).ravel()
+    a = as_array(anomalous).astype(bool).ravel()
+    if y.shape != a.shape:
+        raise DataError(f"decision_rates: {y.size} labels but {a.size} verdicts")
+    n_good, n_bad = int((~y).sum()), int(y.sum())
+    false_alarms, misses = int((a & ~y).sum()), int((~a & y).sum())
+    return {"false_alarm_rate": false_alarms / n_good if n_good else None,
+            "miss_rate": misses / n_bad if n_bad else None,
+            "false_alarms": false_alarms, "n_good": n_good, "misses": misses, "n_defective": n_bad}

@@ -116,6 +116,17 @@ def map_display_range(maps: Any, percentiles: tuple[float, float] = (1.0, 99.9),
 
 
 # ---- calibration of a deployed model (held-out good images -> thresholds + normalisation) ----------
+def check_target_fpr(target_fpr: Any) -> float:
+    """The target false-alarm rate as a float in (0, 1); anything else raises ConfigError."""
+    try:
+        v = float(target_fpr)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(target_fpr, bool) or not 0.0 < v < 1.0:
+        raise ConfigError(f"target FPR must be a number in (0, 1) (e.g. 0.01 for 1%); got {target_fpr!r}")
+    return v
+
+
 def fpr_threshold(scores_good: Any, target_fpr: float) -> tuple[float, float]:
     """Threshold t for the decision ``score >= t`` with false-alarm rate at most ``target_fpr`` on new good
     images, from n held-out good scores (split-conformal rule).
@@ -126,14 +137,17 @@ def fpr_threshold(scores_good: Any, target_fpr: float) -> tuple[float, float]:
     guaranteed rate is only 1 / (n + 1). Returns (t, guaranteed_fpr); ``guaranteed_fpr`` >= 1 / (n + 1) is
     the resolution the number of calibration images allows.
     """
-    if not 0.0 < float(target_fpr) < 1.0:
-        raise ConfigError(f"target FPR must be in (0, 1) (e.g. 0.01 for 1%); got {target_fpr!r}")
+    check_target_fpr(target_fpr)
     v = np.sort(as_array(scores_good).astype(np.float64, copy=False).ravel())
     if v.size == 0 or not np.isfinite(v).all():
         raise DataError(f"fpr_threshold: need finite scores of good images; got {v.size} values")
     n = v.size
     k = min(int(np.ceil((n + 1) * (1.0 - float(target_fpr)) - 1e-9)), n)  # 1-based rank
     return float(np.nextafter(v[k - 1], np.inf)), (n + 1 - k) / (n + 1)
+
+
+#: the smallest number of held-out good images a calibration accepts (guaranteed FPR 1/9 = 11%)
+MIN_CALIBRATION_IMAGES = 8
 
 
 @dataclass(frozen=True)
@@ -146,7 +160,9 @@ class Calibration:
     contour (the same rule on the per-image map maxima: at most ``target_fpr`` of good images show any
     pixel above it); ``score_low``: minimum calibration score, normalised to 0 (the threshold maps to 0.5,
     ``2 * threshold - score_low`` to 1); ``map_range``: display colour scale of maps; ``source``: which
-    images were used (human-readable).
+    images were used (human-readable); ``scores`` / ``map_maxima``: the sorted calibration image scores
+    and per-image map maxima (n floats each), kept so that another target FPR can be recomputed
+    (``with_target_fpr``).
     """
 
     image_threshold: float
@@ -157,32 +173,61 @@ class Calibration:
     n_images: int
     map_range: tuple[float, float]
     source: str = ""
+    scores: tuple[float, ...] = ()
+    map_maxima: tuple[float, ...] = ()
 
     def normalize(self, scores: Any) -> np.ndarray:
-        """Raw scores -> [0, 1], monotone, ``image_threshold`` -> 0.5 (float64)."""
+        """Raw scores (N,) -> [0, 1] (float64), monotone, ``image_threshold`` -> 0.5; a normalised score is
+        >= 0.5 exactly when ``decide`` says anomalous (also at the rounding boundary)."""
         v = as_array(scores).astype(np.float64)
+        anomalous = self.decide(v)
         span = self.image_threshold - self.score_low
-        if span <= 0.0:
-            return np.where(v >= self.image_threshold, 1.0, 0.0)
-        return np.clip(0.5 * (v - self.score_low) / span, 0.0, 1.0)
+        if span > 0.0:
+            norm = np.clip(0.5 * (v - self.score_low) / span, 0.0, 1.0)
+        else:  # a user threshold at or below the lowest calibration score: a step at the threshold
+            norm = np.where(v > self.image_threshold, 1.0, 0.0)
+        below_half = np.nextafter(0.5, 0.0)
+        return np.where(anomalous, np.maximum(norm, 0.5), np.minimum(norm, below_half))
 
     def decide(self, scores: Any) -> np.ndarray:
-        """Boolean verdicts: anomalous iff raw score >= ``image_threshold``."""
+        """Boolean verdicts (N,): anomalous iff raw score >= ``image_threshold``."""
         return apply_threshold(scores, self.image_threshold)
 
     def with_threshold(self, threshold: float) -> Calibration:
         """The same calibration with a user-given image threshold (e.g. ``--threshold``)."""
         from dataclasses import replace
 
-        if not np.isfinite(threshold):
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) \
+                or not np.isfinite(threshold):
             raise ConfigError(f"threshold must be a finite number; got {threshold!r}")
         return replace(self, image_threshold=float(threshold), source=f"{self.source}; threshold set by the user")
+
+    def with_target_fpr(self, target_fpr: float) -> Calibration:
+        """The image and pixel thresholds recomputed from the stored calibration scores for another target."""
+        from dataclasses import replace
+
+        if not self.scores or not self.map_maxima:
+            raise ConfigError("this calibration stores no calibration scores, so another target FPR cannot be "
+                              "computed; refit the model with `flawmap fit --target-fpr`")
+        thr, guaranteed = fpr_threshold(self.scores, target_fpr)
+        pix, _ = fpr_threshold(self.map_maxima, target_fpr)
+        return replace(self, image_threshold=thr, pixel_threshold=pix, target_fpr=float(target_fpr),
+                       guaranteed_fpr=guaranteed)
+
+    def resolution_note(self) -> str | None:
+        """One line when the calibration images are too few to guarantee the target FPR, else None."""
+        if self.guaranteed_fpr <= self.target_fpr:
+            return None
+        return (f"{self.n_images} calibration images: the smallest false-alarm rate they can guarantee is "
+                f"{100 * self.guaranteed_fpr:.1f}% (target {100 * self.target_fpr:g}%); give more good images or "
+                f"--val-good (at least {int(np.ceil(1 / self.target_fpr)) - 1} for this target)")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (stored as ``extra.calibration`` in a model's config.json)."""
         return {"kind": "held_out_fpr", "image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold,
                 "score_low": self.score_low, "target_fpr": self.target_fpr, "guaranteed_fpr": self.guaranteed_fpr,
-                "n_images": self.n_images, "map_range": list(self.map_range), "source": self.source}
+                "n_images": self.n_images, "map_range": list(self.map_range), "source": self.source,
+                "scores": list(self.scores), "map_maxima": list(self.map_maxima)}
 
     @classmethod
     def from_dict(cls, d: Any) -> Calibration:
@@ -191,14 +236,24 @@ class Calibration:
             raise ConfigError(f"calibration: expected a mapping with kind 'held_out_fpr'; got {d!r:.80}")
         try:
             mr = d["map_range"]
+            if isinstance(mr, (str, bytes)) or len(mr) != 2:
+                raise ValueError(f"map_range must be [low, high]; got {mr!r}")
             out = cls(image_threshold=float(d["image_threshold"]), pixel_threshold=float(d["pixel_threshold"]),
                       score_low=float(d["score_low"]), target_fpr=float(d["target_fpr"]),
                       guaranteed_fpr=float(d["guaranteed_fpr"]), n_images=int(d["n_images"]),
-                      map_range=(float(mr[0]), float(mr[1])), source=str(d.get("source", "")))
+                      map_range=(float(mr[0]), float(mr[1])), source=str(d.get("source", "")),
+                      scores=tuple(float(v) for v in d.get("scores", ())),
+                      map_maxima=tuple(float(v) for v in d.get("map_maxima", ())))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ConfigError(f"calibration: missing or invalid field ({exc!r})") from None
-        if not all(np.isfinite([out.image_threshold, out.pixel_threshold, out.score_low])) or out.n_images < 1:
-            raise ConfigError("calibration: thresholds must be finite and n_images >= 1")
+        values = [out.image_threshold, out.pixel_threshold, out.score_low, *out.map_range, *out.scores, *out.map_maxima]
+        if not all(np.isfinite(values)) or out.n_images < 1:
+            raise ConfigError("calibration: thresholds, map_range and scores must be finite and n_images >= 1")
+        if not 0.0 < out.target_fpr < 1.0 or not 0.0 < out.guaranteed_fpr <= 1.0 or out.map_range[0] > out.map_range[1]:
+            raise ConfigError("calibration: target_fpr must be in (0, 1), guaranteed_fpr in (0, 1] and map_range "
+                              f"low <= high; got {out.target_fpr!r}, {out.guaranteed_fpr!r}, {out.map_range!r}")
+        if len(out.scores) not in (0, out.n_images) or len(out.map_maxima) != len(out.scores):
+            raise ConfigError(f"calibration: scores and map_maxima must hold n_images = {out.n_images} values each")
         return out
 
 
@@ -208,8 +263,10 @@ def calibrate(scores_good: Any, maps_good: Any, target_fpr: float = 0.01, source
     m = as_array(maps_good)
     if m.ndim != 3 or m.shape[0] != s.size:
         raise DataError(f"calibrate: expected maps (N, H, W) for N = {s.size} scores; got shape {m.shape}")
+    maxima = m.reshape(len(m), -1).max(axis=1).astype(np.float64)
     thr, guaranteed = fpr_threshold(s, target_fpr)
-    pix, _ = fpr_threshold(m.reshape(len(m), -1).max(axis=1), target_fpr)
+    pix, _ = fpr_threshold(maxima, target_fpr)
     return Calibration(image_threshold=thr, pixel_threshold=pix, score_low=float(s.min()),
                        target_fpr=float(target_fpr), guaranteed_fpr=guaranteed, n_images=int(s.size),
-                       map_range=map_display_range(m, headroom=2.0), source=source)
+                       map_range=map_display_range(m, headroom=2.0), source=source,
+                       scores=tuple(float(v) for v in np.sort(s)), map_maxima=tuple(float(v) for v in np.sort(maxima)))
