@@ -102,3 +102,25 @@ def test_api_key(served_model, live_server) -> None:
         r = httpx.post(srv.url + "/v1/predict", content=body, headers={"content-type": "image/png", **headers})
         assert r.status_code == 200 and r.json()["results"][0]["verdict"] == "ok"
     assert httpx.get(srv.url + "/v1/model", auth=("any", "s3cret-key")).status_code == 200  # Basic: the page
+
+
+def test_serves_an_exported_onnx_model(served_model, live_server, tmp_path) -> None:
+    """MODEL may be an .onnx export: same verdicts and (within float rounding) scores as the model folder."""
+    from flawmap.deploy.export import export_model
+    from flawmap.deploy.predictor import open_predictor
+
+    onnx_path = export_model(served_model.path, tmp_path / "model.onnx")
+    pred = open_predictor(onnx_path)
+    srv = live_server(predictor=pred)
+    paths = [*served_model.good[:1], *served_model.defect[:1]]
+    files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths]
+    r = httpx.post(srv.url + "/v1/predict?heatmap=png", files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert [x["verdict"] for x in res] == ["ok", "anomalous"]
+    ref = served_model.predictor
+    for x, path in zip(res, paths):
+        s_ref = float(ref.raw(ref.preprocess([load_image(path)]))[0][0])
+        assert x["score"] == pytest.approx(s_ref, rel=1e-4) and x["heatmap_png"]
+    card = httpx.get(srv.url + "/v1/model").json()
+    assert card["method"] == "patchcore" and card["calibration"] == ref.calibration.to_dict()
