@@ -47,7 +47,9 @@ def test_map_display_range() -> None:
 
     maps = np.arange(1001.0).reshape(1, 7, 143)
     assert map_display_range(maps) == pytest.approx((10.0, 999.0))  # percentiles 1 and 99.9
-    assert map_display_range(maps, headroom=2.0) == pytest.approx((10.0, 1998.0))
+    assert map_display_range(maps, headroom=2.0) == pytest.approx((10.0, 10.0 + 2 * 989.0))  # span doubled
+    neg = map_display_range(-maps, headroom=2.0)  # negative maps (FastFlow log-likelihood): still low <= high
+    assert neg[0] < neg[1] and neg == pytest.approx((-990.0, -990.0 + 2 * 989.0))
     assert map_display_range(maps, percentiles=(0, 100)) == (0.0, 1000.0)
     with pytest.raises(ConfigError, match="percentiles"):
         map_display_range(maps, percentiles=(50, 10))
@@ -195,3 +197,14 @@ def test_decision_rates() -> None:
     assert decision_rates([1], [False])["false_alarm_rate"] is None
     with pytest.raises(Exception, match="verdicts"):
         decision_rates([0, 1], [True])
+
+
+def test_calibration_of_negative_maps_round_trips() -> None:
+    """FastFlow's maps are negative log-likelihoods: the stored calibration must still load."""
+    from flawmap.metrics.thresholds import Calibration, calibrate
+
+    rng = np.random.default_rng(0)
+    maps = -1.0 - rng.random((12, 8, 8))
+    cal = calibrate(maps.reshape(12, -1).max(1), maps, target_fpr=0.2)
+    assert cal.map_range[0] <= cal.map_range[1]
+    assert Calibration.from_dict(cal.to_dict()) == cal

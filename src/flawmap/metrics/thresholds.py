@@ -100,9 +100,10 @@ def pixel_threshold(masks: Any, maps: Any) -> float | None:
 
 
 def map_display_range(maps: Any, percentiles: tuple[float, float] = (1.0, 99.9), headroom: float = 1.0) -> tuple[float, float]:
-    """Colour scale (low, high) of anomaly-map pictures: the given percentiles of all map values, the high
-    one multiplied by ``headroom`` (e.g. 2 when the reference maps are of good images only, so that defects
-    stay on the scale)."""
+    """Colour scale (low, high) of anomaly-map pictures: the given percentiles (p_lo, p_hi) of all map values,
+    the span widened by ``headroom``: high = p_lo + headroom * (p_hi - p_lo) (e.g. 2 when the reference maps
+    are of good images only, so that defects stay on the scale). Valid for maps of any sign (FastFlow's
+    log-likelihood maps are negative): low <= high always."""
     lo_pct, hi_pct = percentiles
     if not 0.0 <= lo_pct <= hi_pct <= 100.0:
         raise ConfigError(f"map_display_range: percentiles must satisfy 0 <= low <= high <= 100; got {percentiles}")
@@ -112,7 +113,8 @@ def map_display_range(maps: Any, percentiles: tuple[float, float] = (1.0, 99.9),
     v = v[np.isfinite(v)]
     if v.size == 0:
         raise DataError("map_display_range: no finite map value")
-    return float(np.percentile(v, lo_pct)), float(np.percentile(v, hi_pct) * headroom)
+    lo, hi = float(np.percentile(v, lo_pct)), float(np.percentile(v, hi_pct))
+    return lo, lo + headroom * (hi - lo)
 
 
 # ---- calibration of a deployed model (held-out good images -> thresholds + normalisation) ----------
