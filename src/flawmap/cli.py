@@ -157,8 +157,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .deploy.predictor import decide, open_predictor
     from .io import atomic_replace_dir, check_replaceable, check_writable
     from .progress import progress
-    from .metrics.thresholds import map_display_range
-    from .viz.heatmap import panel, save_png, to_uint8_image
+    from .viz.heatmap import calibrated_panel, save_png
 
     out = Path(args.out)
     # the output folder is replaced as a whole at the end: it must be new, empty or a previous predict output
@@ -179,10 +178,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             x = pred.preprocess([check_image_size(load_image(f), f, size, distorted) for f in batch])
             scores, maps = pred.raw(x)
             for f, img, m, v in zip(batch, x, maps, decide(cal, scores)):
-                # without a calibration: this map's own full range, no contour
-                lo, hi = cal.map_range if cal is not None else map_display_range(m, percentiles=(0.0, 100.0))
                 name = f"{len(rows):04d}_{f.stem}_overlay.png"
-                save_png(panel(to_uint8_image(img), m, lo, hi, None if cal is None else cal.pixel_threshold), tmp / name)
+                save_png(calibrated_panel(img, m, cal), tmp / name)
                 rows.append({"path": str(f), "score": v.score, "normalized_score": v.normalized_score,
                              "anomalous": v.anomalous, "max_pixel": float(m.max()), "overlay": name})
         with open(tmp / SCORES_CSV, "w", newline="") as fh:

@@ -9,7 +9,6 @@ scores and labels, a down-sampled pixel ROC curve; ``RunOutput.artifacts``: gall
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
@@ -251,14 +250,6 @@ def _roc_points(labels: np.ndarray, scores: np.ndarray, n: int = 160) -> dict[st
     return {"fpr": [round(float(x), 6) for x in grid], "tpr": [round(float(x), 5) for x in np.interp(grid, fpr, tpr)]}
 
 
-def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
 def _small(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, tile: int):
     """Down-scale image (3,H,W), map (H,W), mask (H,W) so the longer side is at most ``tile``."""
     import torch.nn.functional as F
@@ -295,7 +286,7 @@ def pick_gallery(labels: np.ndarray, scores: np.ndarray, threshold: float, n: in
 
 def run_details(test: Split, res: AnomalyResult, options: RunOptions) -> tuple[dict[str, Any], dict[str, bytes]]:
     from ..metrics.thresholds import image_threshold, map_display_range, pixel_threshold
-    from ..viz.heatmap import panel, to_uint8_image
+    from ..viz.heatmap import panel, png_bytes, to_uint8_image
 
     labels = np.asarray(test.labels).astype(bool)
     scores = np.asarray(res.scores, dtype=np.float64)
@@ -325,7 +316,7 @@ def run_details(test: Split, res: AnomalyResult, options: RunOptions) -> tuple[d
         for j, (kind, i) in enumerate(pick_gallery(labels, scores, image_thr, options.gallery)):
             img, am, m = _small(test.images[i].numpy(), maps[i], None if masks is None else masks[i], options.gallery_tile)
             fname = f"{kind}_{j:02d}.png"
-            artifacts[fname] = _png(panel(to_uint8_image(img), am, lo, hi, pixel_thr, m))
+            artifacts[fname] = png_bytes(panel(to_uint8_image(img), am, lo, hi, pixel_thr, m), optimize=True)
             details["gallery"].append({"file": fname, "kind": kind, "index": i, "name": names[i],
                                        "score": float(scores[i]), "label": int(labels[i]),
                                        "defect_type": test.defect_types[i]})

@@ -9,20 +9,15 @@ from typing import Any
 import numpy as np
 
 from ..deploy.predictor import Verdict
-from ..metrics.thresholds import map_display_range
-from ..viz.heatmap import panel, png_bytes, to_uint8_image
+from ..viz.heatmap import calibrated_panel, png_bytes
 
 HEATMAP_CHOICES = ("png",)
 MAP_CHOICES = ("npy",)
 
 
 def overlay_png(pred: Any, x: np.ndarray, amap: np.ndarray) -> bytes:
-    """The panel ``flawmap predict`` writes (image | heatmap | overlay with the defect contour) as PNG
-    bytes, for the model input x (3, H, W) and its map (H, W): colour scale and contour from the
-    calibration; without one, the map's own range and no contour."""
-    cal = pred.calibration
-    lo, hi = cal.map_range if cal is not None else map_display_range(amap, percentiles=(0.0, 100.0))
-    return png_bytes(panel(to_uint8_image(x), amap, lo, hi, None if cal is None else cal.pixel_threshold))
+    """The panel ``flawmap predict`` writes (``viz.heatmap.calibrated_panel``) as PNG bytes."""
+    return png_bytes(calibrated_panel(x, amap, pred.calibration))
 
 
 def npy_bytes(amap: np.ndarray) -> bytes:

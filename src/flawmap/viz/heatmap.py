@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -54,11 +55,25 @@ def panel(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, thresho
     return np.concatenate(out, axis=1)
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    """uint8 (H, W, 3) -> PNG file bytes, in memory (``flawmap serve``)."""
+def png_bytes(array: np.ndarray, optimize: bool = False) -> bytes:
+    """uint8 (H, W, 3) -> PNG file bytes, in memory (``flawmap serve``, bench artifacts)."""
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
+    Image.fromarray(array).save(buf, format="PNG", optimize=optimize)
     return buf.getvalue()
+
+
+def calibrated_panel(x: np.ndarray, amap: np.ndarray, calibration: Any | None) -> np.ndarray:
+    """The panel of one scored image (image | heatmap | overlay with the defect contour) for the model
+    input x (3, H, W) float in [0, 1] and its map (H, W): colour scale ``map_range`` and contour
+    ``pixel_threshold`` of the calibration (``flawmap.metrics.thresholds.Calibration``); without one, the
+    map's own full range and no contour. Used by ``flawmap predict`` and ``flawmap serve``."""
+    from ..metrics.thresholds import map_display_range
+
+    if calibration is None:
+        lo, hi = map_display_range(amap, percentiles=(0.0, 100.0))
+        return panel(to_uint8_image(x), amap, lo, hi, None)
+    lo, hi = calibration.map_range
+    return panel(to_uint8_image(x), amap, lo, hi, calibration.pixel_threshold)
 
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:
