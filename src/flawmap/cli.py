@@ -39,18 +39,23 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--crop", type=int, default=None, help="center crop after resize (default: the method's paper setting; 0 = no crop)")
 
 
+def _add_preset_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None, metavar="NAME", help="named per-method hyperparameters and preprocessing "
+                   "(paper, cpu-quick, fast, ...; `flawmap list --presets`); an explicit --param / --resize / --crop wins")
+
+
 def _add_method_args(p: argparse.ArgumentParser) -> None:
+    _add_preset_arg(p)
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="detector hyperparameter, repeatable (e.g. --param coreset_ratio=0.01 --param layers=[layer2,layer3]); "
                         "see `flawmap list --params METHOD`")
     p.add_argument("--device", default=None, help="auto (default: CUDA when present), cpu or cuda[:N]")
 
 
-def _transform(method: str, resize: int | None, crop: int | None):
-    from .data import preprocessing
-    from .registry import detector_class
+def _transform(method: str, resize: int | None, crop: int | None, preset: str | None = None):
+    from .presets import preset_transform
 
-    return preprocessing(detector_class(method).paper_transform, resize, crop)
+    return preset_transform(preset, method, resize, crop)
 
 
 # ---- commands -----------------------------------------------------------------------------------
@@ -85,11 +90,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     if args.device:
         params["device"] = args.device
-    det = get_detector(args.method, **params)
+    det = get_detector(args.method, preset=args.preset, **params)
     det.validate_params()
     check_target_fpr(args.target_fpr)
     check_save_target(args.out, overwrite=args.force)  # before the fit: a refused or read-only --out costs nothing
-    tf = _transform(args.method, args.resize, args.crop)
+    tf = _transform(args.method, args.resize, args.crop, args.preset)
     plan = _fit_sources(args)
     fitted = fit_calibrated(det, plan, tf, target_fpr=args.target_fpr, skip_bad=args.skip_bad)
     where = {"train": str(args.train)} if args.train is not None else {"data": str(args.data), "category": args.category}
@@ -286,8 +291,8 @@ def load_bench_study(args: argparse.Namespace):
     path = preset_path(args.study) if args.study else args.config
     if path:
         study = load_study(path)
-    else:  # every method, cpu-quick settings, on the embedded data unless --data (flawmap.bench.defaults)
-        cfg = default_bench_config()
+    else:  # every method, cpu-quick settings (or --preset), on the embedded data unless --data (flawmap.bench.defaults)
+        cfg = default_bench_config(args.preset)
         study = StudyConfig(base=cfg, experiments={cfg.name or "": cfg})
     study_mode = study.is_study
     base = study.base
@@ -315,7 +320,7 @@ def load_bench_study(args: argparse.Namespace):
         if cfg is not base:
             for attr in ("data", "out", "executor", "workers", "address", "gallery", "feature_cache", "report"):
                 setattr(cfg, attr, getattr(base, attr))
-        for attr in ("resize", "crop", "max_train"):
+        for attr in ("preset", "resize", "crop", "max_train"):
             v = getattr(args, attr)
             if v is not None:
                 setattr(cfg, attr, v)
@@ -421,25 +426,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _print_summary(rows: list[dict[str, Any]]) -> None:
-    """The results table; runs of the default (cpu-quick) bench get a `preset` column and a note saying
-    what each preset changes from the papers."""
-    from .bench.defaults import CPU_QUICK, preset_changes, preset_of
+    """The results table with a `preset` column (which flawmap.presets settings each row ran with) and a note
+    saying what each preset in it changes from the papers."""
     from .bench.sweep import summary_table
+    from .presets import get_preset, list_presets, preset_of
 
-    if not any(CPU_QUICK in str(r.get("experiment") or "").split(";") for r in rows):
-        print(summary_table(rows))
-        return
     rows = [{**r, "preset": preset_of(r["method"], r)} for r in rows]
     print(summary_table(rows))
-    by = {p: list(dict.fromkeys(r["method"] for r in rows if r["preset"] == p)) for p in ("paper", CPU_QUICK, "custom")}
-    if by[CPU_QUICK]:
-        print(f"\npreset {CPU_QUICK}: shortened to run in minutes on a CPU, NOT the papers' settings (trained methods "
-              "are far from converged, so their figures are low): "
-              + "; ".join(f"{m}: {preset_changes(m)}" for m in by[CPU_QUICK]))
-    if by["paper"]:
-        print(f"preset paper: the paper's hyperparameters ({', '.join(by['paper'])})")
-    if by["custom"]:
-        print(f"preset custom: hyperparameters set by flags ({', '.join(by['custom'])}; see results.csv)")
+    for name in [*list_presets(), "custom"]:
+        methods = list(dict.fromkeys(r["method"] for r in rows if r["preset"] == name))
+        if not methods:
+            continue
+        if name == "custom":
+            print(f"preset custom: hyperparameters set by flags ({', '.join(methods)}; see results.csv)")
+            continue
+        p = get_preset(name)
+        changed = [f"{m}: {p.changes(m)}" for m in methods if p.params_for(m) or p.preprocessing_for(m)]
+        print(f"preset {name}: {p.description}" + (f" ({'; '.join(changed)})" if changed else f" ({', '.join(methods)})"))
 
 
 def tune_config(args: argparse.Namespace):
@@ -482,6 +485,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         for k, v in cls.default_params().items():
             print(f"  {k} = {v!r}")
         print(f"  paper preprocessing: {cls.paper_transform}")
+        return 0
+    if args.presets:
+        from .presets import get_preset, list_presets
+
+        for name in list_presets():
+            p = get_preset(name)
+            print(f"{name}: {p.description}")
+            for m in list_detectors():
+                if p.params_for(m) or p.preprocessing_for(m):
+                    print(f"  {m}: {p.changes(m)}")
+            if p.cost:
+                print(f"  cost: {p.cost}")
         return 0
     from .data.corruptions import list_corruptions
 
@@ -589,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma-separated methods (default without CONFIG/--study: all "
                    "five, patchcore, padim, spade, fastflow, riad, with the cpu-quick presets of flawmap.bench.defaults; "
                    "with --study: only these methods of the study)")
+    _add_preset_arg(p)
     p.add_argument("--grid", action="append", metavar="KEY=[V1,V2]",
                    help="sweep a hyperparameter over values, repeatable (cartesian product); KEY may be METHOD.KEY")
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
@@ -636,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="optional YAML (keys: method, data, categories, params, search, trials, "
                    "metric, val_fraction, seed, resize, crop, max_train, out, storage, study_name); flags override it")
     p.add_argument("--method", default=None, help="detector to tune (default: patchcore)")
+    _add_preset_arg(p)
     p.add_argument("--data", default=None, help="MVTec-layout root (default: the embedded synthetic dataset)")
     p.add_argument("--categories", default=None, help="comma-separated categories; the objective is their mean "
                    "(default: the first category under --data)")
@@ -669,6 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list methods and backbones, or a method's hyperparameters")
     p.add_argument("--params", metavar="METHOD", default=None, help="show METHOD's hyperparameters and defaults")
+    p.add_argument("--presets", action="store_true", help="show the presets (flawmap.presets) and what each changes "
+                   "per method")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("serve", help="HTTP service + web page scoring images with a model folder or an exported .onnx")
     p.add_argument("model", help="model folder written by `flawmap fit`, or an .onnx file written by `flawmap export`")

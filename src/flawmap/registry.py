@@ -48,10 +48,13 @@ def detector_class(name: str) -> type[BaseDetector]:
         raise ConfigError(f"unknown detector {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
 
 
-def get_detector(name: str, **params: Any) -> BaseDetector:
-    """Create a detector by name; unknown parameters raise and list the allowed ones."""
+def get_detector(name: str, *, preset: str | None = None, **params: Any) -> BaseDetector:
+    """Create a detector by name; unknown parameters raise and list the allowed ones. ``preset`` (e.g. "fast",
+    see ``flawmap.presets``) sets its hyperparameters first; explicit ``params`` win. A preset's preprocessing
+    is not a detector parameter: ``flawmap.presets.preset_transform(preset, name)`` gives it."""
     from .params import check_param_names
+    from .presets import preset_params
 
     cls = detector_class(name)
     check_param_names(name, params, cls.param_names())
-    return cls(**params)
+    return cls(**preset_params(preset, name, params))

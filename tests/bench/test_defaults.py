@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from flawmap.bench.config import validate_specs
-from flawmap.bench.defaults import CPU_QUICK, CPU_QUICK_PARAMS, preset_changes, preset_of
+from flawmap.bench.defaults import CPU_QUICK
+from flawmap.presets import get_preset, preset_of
 from flawmap.cli import build_parser, load_bench_study, main
 from flawmap.data import make_synthetic_mvtec
 from flawmap.data.synthetic import DEFAULT_CATEGORIES
@@ -22,9 +23,10 @@ def test_default_config_is_five_methods_cpu_quick_on_three_categories(tmp_path: 
     study = load_bench_study(build_parser().parse_args(["bench"]))
     assert list(study.experiments) == [CPU_QUICK] and not study.is_study
     cfg = study.experiments[CPU_QUICK]
-    assert list(cfg.methods) == FIVE and cfg.data is None and cfg.report is True
+    assert sorted(cfg.methods) == sorted(FIVE) and cfg.data is None and cfg.report is True and cfg.preset == CPU_QUICK
     for m, mc in cfg.methods.items():
-        assert mc.params == CPU_QUICK_PARAMS[m] and not mc.grid and not mc.variants
+        assert not mc.params and not mc.grid and not mc.variants  # the preset carries the settings
+    CPU_QUICK_PARAMS = {m: get_preset(CPU_QUICK).params_for(m) for m in FIVE}
     assert CPU_QUICK_PARAMS["patchcore"] == {} and CPU_QUICK_PARAMS["padim"] == {}  # as the paper
     assert CPU_QUICK_PARAMS["fastflow"]["epochs"] < detector_class("fastflow").default_params()["epochs"]
     assert CPU_QUICK_PARAMS["riad"]["epochs"] < detector_class("riad").default_params()["epochs"]
@@ -35,10 +37,14 @@ def test_default_config_is_five_methods_cpu_quick_on_three_categories(tmp_path: 
     assert sorted({(s.category, s.method) for s in specs}) == sorted((c, m) for c in DEFAULT_CATEGORIES for m in FIVE)
     assert len(specs) == 15 and all(t == [CPU_QUICK] for t in tags.values())
     assert {s.transform().to_dict()["resize"] for s in specs} == {256}  # each method's paper preprocessing
+    for s in specs:  # every run carries the preset's hyperparameters
+        assert all(s.params[k] == v for k, v in CPU_QUICK_PARAMS[s.method].items())
     validate_specs(specs)  # every preset value is allowed
 
 
 def test_preset_labels_and_changes() -> None:
+    CPU_QUICK_PARAMS = {m: get_preset(CPU_QUICK).params_for(m) for m in FIVE}
+    preset_changes = get_preset(CPU_QUICK).changes
     for m in FIVE:
         defaults = detector_class(m).default_params()
         assert preset_of(m, dict(defaults)) == "paper"

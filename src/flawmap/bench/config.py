@@ -40,16 +40,17 @@ import yaml
 from ..data import list_categories
 from ..errors import ConfigError
 from ..params import check_param_names
+from ..presets import get_preset
 from ..registry import detector_class, list_detectors
 from .runner import RunSpec
 
 log = logging.getLogger(__name__)
 
 #: keys that define runs (allowed at the top level and in each experiment of a study)
-RUN_KEYS = ("categories", "methods", "backbones", "resize", "crop", "seeds", "max_train", "corruptions", "clean")
+RUN_KEYS = ("categories", "methods", "preset", "backbones", "resize", "crop", "seeds", "max_train", "corruptions", "clean")
 #: keys about where and how to run (top level only)
 SETTING_KEYS = ("data", "out", "executor", "workers", "address", "feature_cache", "gallery", "report", "name")
-TOP_KEYS = ("data", "categories", "methods", "backbones", "resize", "crop", "seeds", "max_train", "out",
+TOP_KEYS = ("data", "categories", "methods", "preset", "backbones", "resize", "crop", "seeds", "max_train", "out",
             "corruptions", "clean", "executor", "workers", "address", "feature_cache", "gallery", "report", "name")
 STUDY_KEYS = (*TOP_KEYS, "study", "description", "experiments", "method_params")
 EXPERIMENT_KEYS = (*RUN_KEYS, "description")
@@ -78,6 +79,7 @@ class BenchConfig:
     data: str | None = None  # MVTec-layout root; None = the embedded synthetic dataset
     categories: list[str] | None = None  # None = every category under data
     methods: dict[str, MethodConfig] = field(default_factory=lambda: {"patchcore": MethodConfig()})
+    preset: str | None = None  # flawmap.presets name: its per-method params and preprocessing under the config's
     backbones: list[str] | None = None  # swept for methods with a `backbone` parameter not set otherwise
     resize: int | None = None
     crop: int | None = None
@@ -96,6 +98,7 @@ class BenchConfig:
 
     def expand(self, data_root: str) -> list[RunSpec]:
         cats = self.categories or list_categories(data_root)
+        preset = get_preset(self.preset)
         specs = []
         for cat in cats:
             for name, mc in self.methods.items():
@@ -107,10 +110,13 @@ class BenchConfig:
                 for variant in mc.variants or [{}]:
                     for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
                         for seed in self.seeds or [None]:
-                            params = {**mc.params, **variant, **dict(zip(keys, values))}
+                            params = {**preset.params_for(name), **mc.params, **variant, **dict(zip(keys, values))}
                             if seed is not None:
                                 params["seed"] = seed
-                            base = RunSpec(name, cat, data_root, _tuples(params), self.resize, self.crop, self.max_train)
+                            pre = preset.preprocessing_for(name)  # the config's resize / crop win
+                            resize = self.resize if self.resize is not None else pre.get("resize")
+                            crop = self.crop if self.crop is not None else pre.get("crop")
+                            base = RunSpec(name, cat, data_root, _tuples(params), resize, crop, self.max_train)
                             if self.clean or not self.corruptions:
                                 specs.append(base)
                             for c in self.corruptions:
@@ -275,6 +281,11 @@ def parse_config(raw: dict[str, Any], where: str = "config", *, skip_missing: bo
             raise ConfigError(f"{where}: seeds must be a non-empty list of integers >= 0; got {cfg.seeds!r}")
         for s in cfg.seeds:
             _int(f"{where}: seeds", s, 0, none_ok=False)
+    if cfg.preset is not None:
+        try:
+            get_preset(cfg.preset)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     cfg.resize = _int(f"{where}: resize", cfg.resize, 1)
     cfg.crop = _int(f"{where}: crop", cfg.crop, 0)  # 0 = no crop (flawmap.data.preprocessing)
     cfg.max_train = _int(f"{where}: max_train", cfg.max_train, 1)

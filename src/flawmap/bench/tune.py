@@ -23,11 +23,12 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
-from ..data import Transform, preprocessing
+from ..data import Transform
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from ..metrics import METRIC_KEYS, evaluate
 from ..params import check_param_names
+from ..presets import get_preset, preset_transform
 from ..registry import detector_class, get_detector
 from ..viz.text import format_table, format_value
 from .runner import SplitCache
@@ -47,7 +48,7 @@ DEFAULT_SEARCH: dict[str, dict[str, dict[str, Any]]] = {
     "riad": {"lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
              "batch_size": {"type": "categorical", "choices": [4, 8, 16]}},
 }
-TUNE_KEYS = ("method", "data", "categories", "params", "search", "trials", "metric", "val_fraction", "seed", "resize",
+TUNE_KEYS = ("method", "preset", "data", "categories", "params", "search", "trials", "metric", "val_fraction", "seed", "resize",
              "crop", "max_train", "out", "storage", "study_name", "feature_cache")
 SPEC_KEYS = ("type", "low", "high", "log", "choices", "step")
 TYPES = ("float", "int", "categorical")
@@ -56,6 +57,7 @@ TYPES = ("float", "int", "categorical")
 @dataclass
 class TuneConfig:
     method: str = "patchcore"
+    preset: str | None = None  # flawmap.presets: fixed values under params; searched parameters are not fixed by it
     data: str | None = None
     categories: list[str] | None = None
     params: dict[str, Any] = field(default_factory=dict)
@@ -74,7 +76,7 @@ class TuneConfig:
 
     def transform(self) -> Transform:
         """The preprocessing of every trial (flawmap.data.preprocessing: unset = the paper setting, crop 0 = none)."""
-        return preprocessing(detector_class(self.method).paper_transform, self.resize, self.crop)
+        return preset_transform(self.preset, self.method, self.resize, self.crop)
 
 
 def parse_search(method: str, raw: Any, where: str = "search") -> dict[str, dict[str, Any]]:
@@ -138,7 +140,7 @@ def parse_search_flag(items: list[str]) -> dict[str, Any]:
 
 
 #: TuneConfig fields that ``load_tune_config(overrides=...)`` may set (None values are ignored)
-OVERRIDE_KEYS = ("method", "data", "categories", "trials", "metric", "val_fraction", "seed", "resize", "crop",
+OVERRIDE_KEYS = ("method", "preset", "data", "categories", "trials", "metric", "val_fraction", "seed", "resize", "crop",
                  "max_train", "out", "storage", "study_name", "feature_cache")
 
 
@@ -189,6 +191,8 @@ def load_tune_config(config: str | Path | None = None, *, overrides: Mapping[str
     clash = sorted(set(cfg.search) & set(cfg.params))
     if clash:
         raise ConfigError(f"parameter(s) {clash} are both fixed (params/--param) and searched")
+    preset = {k: v for k, v in get_preset(cfg.preset).params_for(cfg.method).items() if k not in cfg.search}
+    cfg.params = {**preset, **cfg.params}  # explicit params win over the preset's
     if cfg.metric not in METRIC_KEYS:
         raise ConfigError(f"metric={cfg.metric!r} is not allowed; allowed values: {', '.join(METRIC_KEYS)}")
     if isinstance(cfg.trials, bool) or not isinstance(cfg.trials, int) or cfg.trials < 0:

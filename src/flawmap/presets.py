@@ -1,0 +1,138 @@
+"""Presets: named sets of per-method hyperparameters and preprocessing, one mechanism everywhere.
+
+    flawmap fit --method fastflow --preset fast ...        flawmap bench --preset fast ...
+    flawmap tune --preset fast ...                         flawmap list --presets
+    get_detector("fastflow", preset="fast", lr=1e-3)       # YAML: `preset: fast` (sweep, study, tune)
+
+A preset only records what it changes from a method's paper defaults (``get_detector(name)`` with no
+preset IS the paper); a method the preset does not name runs with its paper settings. An explicit
+parameter always wins: the preset's values are the base and ``--param`` / keyword arguments go on top;
+likewise an explicit ``--resize`` / ``--crop`` wins over the preset's preprocessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+_NOT_SETTINGS = ("device", "seed", "checkpoint_dir")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named set of changes from the papers: ``params[method]`` (hyperparameters) and
+    ``preprocessing[method]`` (keyword arguments of ``flawmap.data.preprocessing``: resize, crop)."""
+
+    name: str
+    description: str
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    preprocessing: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    cost: str = ""  # measured cost per image / memory, shown by `flawmap list --presets`
+
+    def params_for(self, method: str) -> dict[str, Any]:
+        """The hyperparameters this preset sets for ``method`` ({} = the paper's)."""
+        return dict(self.params.get(method, {}))
+
+    def preprocessing_for(self, method: str) -> dict[str, Any]:
+        """The preprocessing arguments this preset sets for ``method`` ({} = the paper's)."""
+        return dict(self.preprocessing.get(method, {}))
+
+    def changes(self, method: str) -> str:
+        """'epochs=3 (paper 500), resize=320 (paper 256)'; 'paper settings' when it changes nothing."""
+        from .registry import detector_class
+
+        cls = detector_class(method)
+        defaults = cls.default_params()
+        parts = [f"{k}={_text(v)} (paper {_text(defaults[k])})" for k, v in self.params_for(method).items()]
+        parts += [f"{k}={_text(v)} (paper {_text(cls.paper_transform.get(k))})"
+                  for k, v in self.preprocessing_for(method).items()]
+        return ", ".join(parts) or "paper settings"
+
+
+PAPER = "paper"
+CPU_QUICK = "cpu-quick"
+FAST = "fast"
+
+_PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset(PAPER, "every method with its paper's hyperparameters and preprocessing (the defaults)"),
+    Preset(CPU_QUICK, "the default `flawmap bench`: shortened to run in minutes on a CPU, NOT the papers' settings "
+           "(trained methods far from converged)",
+           params={"spade": {"k": 5}, "fastflow": {"epochs": 3},
+                   "riad": {"image_size": 64, "grid_sizes": (2, 4, 8), "base_channels": 16, "depth": 3,
+                            "epochs": 15, "lr": 1e-3, "smoothing": 5}}),
+    Preset(FAST, "the papers' settings, with the trained methods (FastFlow, RIAD) stopped at convergence: "
+           "early stopping on a seeded 10% of the TRAINING images (never the test set), best weights restored; "
+           "the epoch budget is the paper's",
+           params={"fastflow": {"val_fraction": 0.1, "patience": 10},
+                   "riad": {"val_fraction": 0.1, "patience": 10}}),
+)}
+
+
+def register_preset(preset: Preset) -> Preset:
+    """Add a preset (e.g. from a plugin); a name cannot be registered twice with different content."""
+    if preset.name in _PRESETS and _PRESETS[preset.name] != preset:
+        raise ConfigError(f"preset {preset.name!r} is already registered")
+    _PRESETS[preset.name] = preset
+    return preset
+
+
+def list_presets() -> list[str]:
+    """Names of the presets, in registration order (paper first)."""
+    return list(_PRESETS)
+
+
+def get_preset(name: str | Preset | None) -> Preset:
+    """The preset called ``name`` (None: paper); unknown names raise ConfigError listing the allowed ones."""
+    if isinstance(name, Preset):
+        return name
+    if name is None:
+        return _PRESETS[PAPER]
+    try:
+        return _PRESETS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown preset {name!r}; allowed: {', '.join(_PRESETS)} (see `flawmap list --presets`)") from None
+
+
+def preset_params(preset: str | Preset | None, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The hyperparameters of ``method`` under ``preset``, with the explicit ``params`` on top (they win)."""
+    return {**get_preset(preset).params_for(method), **dict(params or {})}
+
+
+def preset_transform(preset: str | Preset | None, method: str, resize: int | None = None, crop: int | None = None):
+    """The Transform of ``method`` under ``preset``: explicit resize/crop, else the preset's, else the paper's
+    (``flawmap.data.preprocessing``, the one rule every command uses)."""
+    from .data import preprocessing
+    from .registry import detector_class
+
+    given = {k: v for k, v in (("resize", resize), ("crop", crop)) if v is not None}
+    return preprocessing(detector_class(method).paper_transform, **{**get_preset(preset).preprocessing_for(method), **given})
+
+
+def preset_of(method: str, row: Mapping[str, Any]) -> str:
+    """Which preset a results row ran with: the first preset whose hyperparameters (paper defaults + its
+    changes) equal the row's ('paper' first), else 'custom'. device, seed and checkpoint_dir are not compared."""
+    from .registry import detector_class
+
+    defaults = detector_class(method).default_params()
+    got = {k: _norm(row[k]) for k in defaults if k in row and k not in _NOT_SETTINGS}
+    for p in _PRESETS.values():
+        want = {**defaults, **p.params_for(method)}
+        if got == {k: _norm(want[k]) for k in got}:
+            return p.name
+    return "custom"
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, (tuple, list)):
+        return tuple(_norm(x) for x in v)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def _text(v: Any) -> str:
+    return "(" + ",".join(map(str, v)) + ")" if isinstance(v, (tuple, list)) else str(v)
+
+
+__all__ = ["CPU_QUICK", "FAST", "PAPER", "Preset", "get_preset", "list_presets", "preset_of", "preset_params",
+           "preset_transform", "register_preset"]
