@@ -100,14 +100,17 @@ def map_tonylins_to_torchvision(state_dict: dict[str, torch.Tensor]) -> dict[str
     Stem and head (``features.0`` / ``features.18``: conv, bn) are named alike. In an inverted residual
     the flat ``conv.<n>`` (ReLU6 modules have no keys) become torchvision's nested blocks: with an
     expansion (``conv.6`` present) 0,1 -> 0.0,0.1 (pw), 3,4 -> 1.0,1.1 (dw), 6 -> 2, 7 -> 3 (pw-linear);
-    without one 0,1 -> 0.0,0.1 (dw), 3 -> 1, 4 -> 2. Keys already in torchvision layout are kept.
+    without one 0,1 -> 0.0,0.1 (dw), 3 -> 1, 4 -> 2. A state dict in torchvision layout (no ``conv.4``,
+    which every tonylins block has) is returned as it is.
     """
+    if not any(".conv.4." in k for k in state_dict):
+        return dict(state_dict)
     expand = {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1", "6": "2", "7": "3"}
     plain = {"0": "0.0", "1": "0.1", "3": "1", "4": "2"}
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         parts = key.split(".")
-        if len(parts) >= 5 and parts[0] == "features" and parts[2] == "conv" and not parts[4].isdigit():
+        if len(parts) >= 5 and parts[0] == "features" and parts[2] == "conv":
             block = ".".join(parts[:3])
             table = expand if f"{block}.6.weight" in state_dict else plain
             if parts[3] not in table:
