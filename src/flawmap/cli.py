@@ -34,7 +34,8 @@ def _int_at_least(low: int):
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--data", required=required, help="MVTec-layout root folder (<root>/<category>/train/good, test/, ground_truth/)")
+    p.add_argument("--data", required=required, help="MVTec-layout root folder (<root>/<category>/train/good, test/, ground_truth/), "
+                   "or the name of an embedded dataset, generated once: synthetic, synthetic-hard")
     p.add_argument("--resize", type=int, default=None, help="resize images to this size (default: the method's paper setting)")
     p.add_argument("--crop", type=int, default=None, help="center crop after resize (default: the method's paper setting; 0 = no crop)")
 
@@ -61,7 +62,7 @@ def _transform(method: str, resize: int | None, crop: int | None, preset: str | 
 # ---- commands -----------------------------------------------------------------------------------
 def _fit_sources(args: argparse.Namespace):
     """The CalibrationPlan of a `flawmap fit` command line (every folder and count checked, nothing decoded)."""
-    from .data import find_images, scan_category
+    from .data import find_images, resolve_data_root, scan_category
     from .deploy.calibration import DEFAULT_CALIBRATION_FRACTION, plan_calibration
     from .errors import ConfigError
 
@@ -74,7 +75,7 @@ def _fit_sources(args: argparse.Namespace):
     if args.train is not None:
         files = find_images(args.train, "--train")
     else:
-        files = [s.path for s in scan_category(args.data, args.category).train]
+        files = [s.path for s in scan_category(resolve_data_root(args.data), args.category).train]
     fraction = DEFAULT_CALIBRATION_FRACTION if args.calibration_fraction is None else args.calibration_fraction
     return plan_calibration(files, val_good=None if args.val_good is None else find_images(args.val_good, "--val-good"),
                             fraction=fraction, seed=args.seed,
@@ -207,12 +208,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_test(args: argparse.Namespace) -> int:
     from .viz.text import format_table
-    from .data import load_split, scan_category
+    from .data import load_split, resolve_data_root, scan_category
     from .deploy.predictor import open_predictor
     from .metrics import decision_rates, evaluate
 
     pred = open_predictor(args.model, device=args.device)
-    test = load_split(scan_category(args.data, args.category), "test", pred.transform)
+    test = load_split(scan_category(resolve_data_root(args.data), args.category), "test", pred.transform)
     t0 = time.perf_counter()
     scores, maps = pred.raw(test.images.numpy())
     seconds = (time.perf_counter() - t0) / len(test)
@@ -381,15 +382,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.executors import make_executor
     from .bench.runner import RunOptions
     from .bench.sweep import run_sweep
-    from .data import ensure_synthetic_dataset
+    from .data import resolve_data_root
+    from .data.synthetic import EMBEDDED_DATASETS
 
     study = load_bench_study(args)
     base = study.base
     for msg in study.skipped:
         print(f"warning: {msg}", file=sys.stderr)
-    data_root = base.data or str(ensure_synthetic_dataset())
+    data_root = str(resolve_data_root(base.data))
     if base.data is None:
         print(f"no --data given: using the embedded synthetic MVTec-layout dataset at {data_root}")
+    elif base.data in EMBEDDED_DATASETS:
+        print(f"--data {base.data}: using the embedded MVTec-layout dataset at {data_root}")
     if base.executor != "local" or (base.workers or 1) > 1:  # workers may run in another folder
         data_root = str(Path(data_root).resolve())
     out = Path(base.out)
@@ -580,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("test", help="evaluate a saved model on a category's test split (AUROC, AUPRO and the "
                        "false-alarm / miss rates of its stored decision)")
     p.add_argument("model", help="model folder written by `flawmap fit`")
-    p.add_argument("--data", required=True, help="MVTec-layout root folder")
+    p.add_argument("--data", required=True, help="MVTec-layout root folder, or an embedded dataset: synthetic, "
+                   "synthetic-hard")
     p.add_argument("--category", required=True, help="category folder under --data")
     p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
     p.set_defaults(func=cmd_test)
@@ -599,7 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "feature_cache, gallery, report; or a study with experiments: {name: {...}}); flags override it")
     p.add_argument("--study", default=None, metavar="NAME", help="run a study preset: study_NAME.yaml from ./configs or "
                    "the presets shipped with flawmap (e.g. `--study seed`, every experiment of the original study) or a study YAML path")
-    p.add_argument("--data", default=None, help="MVTec-layout root (default: the embedded synthetic dataset, no download)")
+    p.add_argument("--data", default=None, help="MVTec-layout root, or an embedded dataset: synthetic (the default, no download) or synthetic-hard "
+                   "(the hard development benchmark)")
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all under --data)")
     p.add_argument("--methods", default=None, help="comma-separated methods (default without CONFIG/--study: all "
                    "five, patchcore, padim, spade, fastflow, riad, with the cpu-quick presets of flawmap.bench.defaults; "
@@ -653,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "metric, val_fraction, seed, resize, crop, max_train, out, storage, study_name); flags override it")
     p.add_argument("--method", default=None, help="detector to tune (default: patchcore)")
     _add_preset_arg(p)
-    p.add_argument("--data", default=None, help="MVTec-layout root (default: the embedded synthetic dataset)")
+    p.add_argument("--data", default=None, help="MVTec-layout root, or an embedded dataset: synthetic (the default) or synthetic-hard")
     p.add_argument("--categories", default=None, help="comma-separated categories; the objective is their mean "
                    "(default: the first category under --data)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="fixed hyperparameter, repeatable")

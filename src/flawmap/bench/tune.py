@@ -259,9 +259,9 @@ def run_tune(cfg: TuneConfig, echo=print) -> dict[str, Any]:
     except ImportError:
         raise ConfigError('flawmap tune needs Optuna: pip install "flawmap[tune]" (or optuna)') from None
     from ..components.features import FeatureCache
-    from ..data import ensure_synthetic_dataset, list_categories
+    from ..data import list_categories, resolve_data_root
 
-    data_root = cfg.data or str(ensure_synthetic_dataset())
+    data_root = str(resolve_data_root(cfg.data))
     cats = cfg.categories or list_categories(data_root)[:1]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
