@@ -75,3 +75,14 @@ def test_coreset_modes() -> None:
 def test_bad_layers_are_refused_before_the_backbone_is_built(layers) -> None:
     with pytest.raises(ConfigError, match=r"layers must be None \(the stride 8 and 16 layers\) or a non-empty tuple"):
         get_detector("patchcore", backbone="efficientnet_lite0", layers=layers).fit(_images(2))
+
+
+def test_f_agg_counts_cells_outside_the_map_as_zeros() -> None:
+    """The reference code averages a zero-padded unfold: on a constant map the corners get 4/9, the edges 6/9."""
+    det = get_detector("patchcore", patch_size=3)
+    feats = {"a": torch.ones(1, 2, 4, 5)}
+    det.agg_padding_ = "zeros"  # what fit sets
+    emb = det._embed(feats)[0, ..., 0]  # (h, w)
+    assert emb[0, 0] == pytest.approx(4 / 9) and emb[0, 2] == pytest.approx(6 / 9) and emb[1, 1] == pytest.approx(1)
+    det.agg_padding_ = "valid"  # models saved before the rule
+    assert torch.allclose(det._embed(feats), torch.ones(1, 4, 5, 2))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..base import BaseDetector, check_choice, check_layers, check_range, float_batch
 from ..components.anomaly_map import anomaly_map
-from ..components.backbones import create_backbone, list_backbones
+from ..components.backbones import NORMALIZATIONS, create_backbone, list_backbones
 from ..components.coreset import MODES, greedy_coreset
 from ..components.features import concat_layers
 from ..components.knn import NearestNeighborIndex, knn
@@ -44,6 +44,7 @@ class PatchCore(BaseDetector):
         backbone: str = "efficientnet_lite2",
         layers: tuple[str, ...] | None = None,  # None: the stride 8 + 16 stages (ResNet layer2+layer3)
         weights: str = "imagenet",
+        normalization: str = "weights",  # input mean/std: "weights" (as the checkpoint was trained) or "imagenet"
         patch_size: int = 3,  # p: neighbourhood of the local aggregation f_agg
         embedding_dim: int = 1024,  # target dimension of the patch features (adaptive average pooling)
         coreset_ratio: float = 0.1,  # |M_C| / |M| (paper: 0.01, 0.1, 0.25)
@@ -59,6 +60,7 @@ class PatchCore(BaseDetector):
         self.backbone = backbone
         self.layers = layers
         self.weights = weights
+        self.normalization = normalization
         self.patch_size = patch_size
         self.embedding_dim = embedding_dim
         self.coreset_ratio = coreset_ratio
@@ -73,6 +75,7 @@ class PatchCore(BaseDetector):
 
     def _validate_params(self) -> None:
         check_choice("backbone", self.backbone, list_backbones())
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
         check_layers(self.layers, "the stride 8 and 16 layers")
         check_range("patch_size", self.patch_size, 1, 15, integer=True)
         if self.patch_size % 2 == 0:
@@ -89,14 +92,18 @@ class PatchCore(BaseDetector):
         check_range("seed", self.seed, 0, integer=True)
 
     def _setup(self) -> None:
-        self._backbone = create_backbone(self.backbone, self.layers, weights=self.weights, device=self.device)
+        self._backbone = create_backbone(self.backbone, self.layers, weights=self.weights,
+                                         normalization=self.normalization, device=self.device)
 
     # ---- locally aware patch features ---------------------------------------------------------
     def _embed(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """{layer: (B, C_l, h_l, w_l)} -> patch features (B, h, w, D) on the finest grid (h, w)."""
         p = self.patch_size
-        # f_agg: average over the p x p neighbourhood of each position (stride 1, same size), per layer
-        agg = [F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=False) if p > 1 else f
+        # f_agg: average over the p x p neighbourhood of each position (stride 1, same size), per layer. Cells
+        # outside the map count as zeros, as in the reference code (a zero-padded unfold, then the mean);
+        # models saved before this rule average only the cells inside (agg_padding_ "valid")
+        zeros = self.agg_padding_ == "zeros"
+        agg = [F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=zeros) if p > 1 else f
                for f in feats.values()]
         x = concat_layers(agg, "bilinear").permute(0, 2, 3, 1)  # (B, h, w, sum C_l)
         if x.shape[-1] > self.embedding_dim:  # projection to D by adaptive average pooling over channels
@@ -106,6 +113,7 @@ class PatchCore(BaseDetector):
 
     def _fit(self, images: torch.Tensor) -> None:
         n, bs = len(images), self.batch_size
+        self.agg_padding_ = "zeros"  # f_agg border rule (see _embed), saved with the model
         first = self._embed(self._backbone_features(float_batch(images[:1])))  # (1, h, w, D)
         _, h, w, d = first.shape
         self._check_memory(n, h * w, d)
@@ -137,7 +145,7 @@ class PatchCore(BaseDetector):
         self._index = NearestNeighborIndex(bank) if bank.device.type == "cpu" and len(bank) >= 4096 else None
 
     def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, object]) -> None:
-        super()._load_state(tensors, meta)
+        super()._load_state(tensors, {"agg_padding_": "valid", **meta})  # model files without it were fitted with "valid"
         self._build_index()
 
     def _nearest(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
