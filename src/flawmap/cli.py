@@ -38,11 +38,21 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
                    "or the name of an embedded dataset, generated once: synthetic, synthetic-hard")
     p.add_argument("--resize", type=int, default=None, help="resize images to this size (default: the method's paper setting)")
     p.add_argument("--crop", type=int, default=None, help="center crop after resize (default: the method's paper setting; 0 = no crop)")
+    _add_aspect_arg(p)
+
+
+def _add_aspect_arg(p: argparse.ArgumentParser) -> None:
+    from .data.transform import ASPECTS
+
+    p.add_argument("--aspect", choices=ASPECTS, default=None, help="what the resize does to images whose aspect ratio "
+                   "is not the model input's: stretch (default, the papers') or pad (letterbox: keep the ratio, pad "
+                   "the shorter side with black)")
 
 
 def _add_preset_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, metavar="NAME", help="named per-method hyperparameters and preprocessing "
-                   "(paper, cpu-quick, fast, ...; `flawmap list --presets`); an explicit --param / --resize / --crop wins")
+                   "(paper, cpu-quick, fast, ...; `flawmap list --presets`); an explicit --param / --resize / --crop / "
+                   "--aspect wins")
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
@@ -53,10 +63,11 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default: CUDA when present), cpu or cuda[:N]")
 
 
-def _transform(method: str, resize: int | None, crop: int | None, preset: str | None = None):
+def _transform(method: str, resize: int | None, crop: int | None, preset: str | None = None,
+               aspect: str | None = None):
     from .presets import preset_transform
 
-    return preset_transform(preset, method, resize, crop)
+    return preset_transform(preset, method, resize, crop, aspect)
 
 
 # ---- commands -----------------------------------------------------------------------------------
@@ -95,7 +106,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     det.validate_params()
     check_target_fpr(args.target_fpr)
     check_save_target(args.out, overwrite=args.force)  # before the fit: a refused or read-only --out costs nothing
-    tf = _transform(args.method, args.resize, args.crop, args.preset)
+    tf = _transform(args.method, args.resize, args.crop, args.preset, args.aspect)
     plan = _fit_sources(args)
     fitted = fit_calibrated(det, plan, tf, target_fpr=args.target_fpr, skip_bad=args.skip_bad)
     where = {"train": str(args.train)} if args.train is not None else {"data": str(args.data), "category": args.category}
@@ -173,7 +184,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pred = open_predictor(args.model, device=args.device)
     cal = _decision_of(pred, args)
     files = _collect_images(args.inputs)
-    size = tuple(pred.transform.output_size)
+    size = pred.transform.stretched_to()  # None: letterboxed, nothing is distorted
     rows: list[dict[str, Any]] = []
     distorted: list[Path] = []
 
@@ -194,7 +205,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             w.writerows(rows)
 
     atomic_replace_dir(out, build)
-    warn_distorted(distorted, size)
+    if size is not None:
+        warn_distorted(distorted, size)
     if cal is not None:
         print(f"anomalous iff score >= {cal.image_threshold:.6g} (normalized_score >= 0.5; target false-alarm rate "
               f"{100 * cal.target_fpr:g}%, guaranteed {100 * cal.guaranteed_fpr:.1f}%, {cal.source})")
@@ -321,7 +333,7 @@ def load_bench_study(args: argparse.Namespace):
         if cfg is not base:
             for attr in ("data", "out", "executor", "workers", "address", "gallery", "feature_cache", "report"):
                 setattr(cfg, attr, getattr(base, attr))
-        for attr in ("preset", "resize", "crop", "max_train"):
+        for attr in ("preset", "resize", "crop", "aspect", "max_train"):
             v = getattr(args, attr)
             if v is not None:
                 setattr(cfg, attr, v)
@@ -334,8 +346,8 @@ def load_bench_study(args: argparse.Namespace):
         if extra_corruptions:
             cfg.corruptions = [*cfg.corruptions, *extra_corruptions]
         _apply_method_overrides(cfg, args, study_mode)
-        for method in cfg.methods:  # a bad resize/crop stops here, before any run
-            _transform(method, cfg.resize, cfg.crop)
+        for method in cfg.methods:  # a bad resize/crop/aspect stops here, before any run
+            _transform(method, cfg.resize, cfg.crop, cfg.preset, cfg.aspect)
         if not cfg.methods:
             del study.experiments[name]
     if not study.experiments:
@@ -600,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="fit + evaluate methods on categories; one results row per run (sweeps, studies)")
     p.add_argument("config", nargs="?", help="optional YAML config (keys: data, categories, methods{name: {params, grid, "
-                   "variants}}, backbones, resize, crop, seeds, max_train, corruptions, clean, out, executor, workers, "
+                   "variants}}, backbones, resize, crop, aspect, seeds, max_train, corruptions, clean, out, executor, workers, "
                    "feature_cache, gallery, report; or a study with experiments: {name: {...}}); flags override it")
     p.add_argument("--study", default=None, metavar="NAME", help="run a study preset: study_NAME.yaml from ./configs or "
                    "the presets shipped with flawmap (e.g. `--study seed`, every experiment of the original study) or a study YAML path")
@@ -624,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "salt_pepper, gaussian_blur, jpeg, brightness_contrast, misalignment")
     p.add_argument("--resize", type=int, default=None, help="resize size (default: each method's paper setting)")
     p.add_argument("--crop", type=int, default=None, help="center crop (default: paper setting; 0 = none)")
+    _add_aspect_arg(p)
     p.add_argument("--max-train", type=_int_at_least(1), default=None, help="use only the first N training images (quick runs)")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
     p.add_argument("--out", default=None, help="output folder for results.sqlite, results.csv, artifacts/ "
@@ -656,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="hyperparameter search with Optuna on a validation split drawn from the test set")
     p.add_argument("config", nargs="?", help="optional YAML (keys: method, data, categories, params, search, trials, "
-                   "metric, val_fraction, seed, resize, crop, max_train, out, storage, study_name); flags override it")
+                   "metric, val_fraction, seed, resize, crop, aspect, max_train, out, storage, study_name); flags override it")
     p.add_argument("--method", default=None, help="detector to tune (default: patchcore)")
     _add_preset_arg(p)
     p.add_argument("--data", default=None, help="MVTec-layout root, or an embedded dataset: synthetic (the default) or synthetic-hard")
@@ -677,6 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", default=None, help="Optuna study name (default: flawmap-<method>-<categories>)")
     p.add_argument("--resize", type=int, default=None, help="resize size (default: the method's paper setting)")
     p.add_argument("--crop", type=int, default=None, help="center crop (default: paper setting; 0 = none)")
+    _add_aspect_arg(p)
     p.add_argument("--max-train", type=_int_at_least(1), default=None, help="use only the first N training images")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
     p.add_argument("--out", default=None, help="output folder (default: results/tune)")

@@ -332,3 +332,22 @@ def test_mobilenet_v2_wheel_weights_are_trained_on_natural_images():
     trained = [_linear_cka(a, b) for a, b in zip(feats("mobilenet_v2"), ref)]
     random = [_linear_cka(a, b) for a, b in zip(feats("mobilenet_v2", "random"), ref)]
     assert min(trained) > 0.5 and max(random) < 0.35, (trained, random)
+
+
+def test_normalization_weights_or_imagenet() -> None:
+    assert bb.input_normalization("efficientnet_lite2") == (bb.LITE_MEAN, bb.LITE_STD) == ((0.5,) * 3, (0.5,) * 3)
+    assert bb.input_normalization("efficientnet_lite2", "imagenet") == (bb.IMAGENET_MEAN, bb.IMAGENET_STD)
+    assert bb.input_normalization("resnet18") == bb.input_normalization("resnet18", "imagenet")  # trained on ImageNet stats
+    with pytest.raises(ConfigError, match="normalization='tf' is not allowed; allowed values: 'weights', 'imagenet'"):
+        bb.input_normalization("resnet18", "tf")
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ours = bb.create_backbone("efficientnet_lite0", ["blocks.2"], device="cpu")
+    imnet = bb.create_backbone("efficientnet_lite0", ["blocks.2"], normalization="imagenet", device="cpu")
+    assert imnet.mean == bb.IMAGENET_MEAN and imnet.std == bb.IMAGENET_STD and imnet.weights_id == ours.weights_id
+    with torch.no_grad():  # ImageNet statistics on a [0, 1] input == the weights' rule on the rescaled input
+        m, s = torch.tensor(bb.IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(bb.IMAGENET_STD).view(1, 3, 1, 1)
+        torch.testing.assert_close(imnet(x)["blocks.2"], ours((x - m) / s * 0.5 + 0.5)["blocks.2"], rtol=1e-4, atol=1e-4)
+    # the feature cache tells the two apart (same weights, other features)
+    from flawmap.components.features import FeatureCache
+
+    assert FeatureCache.key(ours, "blocks.2", "d", (1,), torch.float32) != FeatureCache.key(imnet, "blocks.2", "d", (1,), torch.float32)

@@ -158,3 +158,14 @@ def test_ensemble_concatenates_members_with_unit_variance_blocks(tmp_path) -> No
 def test_rotation_and_ensemble_parameters_are_validated(params, match) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match=match):
         get_detector("patchcore", **{"backbone": L0, **params}).fit(_images(2))
+
+
+def test_f_agg_counts_cells_outside_the_map_as_zeros() -> None:
+    """The reference code averages a zero-padded unfold: on a constant map the corners get 4/9, the edges 6/9."""
+    det = get_detector("patchcore", patch_size=3)
+    feats = {"a": torch.ones(1, 2, 4, 5)}
+    det.agg_padding_ = "zeros"  # what fit sets
+    emb = det._embed(feats)[0, ..., 0]  # (h, w)
+    assert emb[0, 0] == pytest.approx(4 / 9) and emb[0, 2] == pytest.approx(6 / 9) and emb[1, 1] == pytest.approx(1)
+    det.agg_padding_ = "valid"  # models saved before the rule
+    assert torch.allclose(det._embed(feats), torch.ones(1, 4, 5, 2))

