@@ -136,3 +136,14 @@ def test_pasted_defect_scores_above_clean(name: str, fitted, tiny_data) -> None:
     inside = res.maps[1, 20:36, 24:40].mean()
     assert inside > res.maps[0, 20:36, 24:40].mean()
     assert inside > np.median(res.maps[1])
+
+
+@pytest.mark.parametrize("name", [n for n in DETECTORS if "normalization" in detector_class(n).param_names()])
+def test_backbone_normalization_is_a_parameter(name: str, tiny_data) -> None:
+    assert detector_class(name).default_params()["normalization"] == "weights"
+    with pytest.raises(ConfigError, match="normalization='tf' is not allowed; allowed values: 'weights', 'imagenet'"):
+        make(name, normalization="tf").fit(tiny_data[0].images)
+    det = make(name, normalization="imagenet")
+    det.validate_params()
+    det._setup()
+    assert det._backbone.mean == (0.485, 0.456, 0.406)

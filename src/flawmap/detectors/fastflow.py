@@ -31,7 +31,7 @@ from torch import nn
 
 from ..base import BaseDetector, check_choice, check_layers, check_range
 from ..components.anomaly_map import upsample
-from ..components.backbones import create_backbone, layers_at_strides, list_backbones
+from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
 from ..components.flows import Flow2d, gaussian_nll
 from ..components.training import TrainSettings, check_train_params, fingerprint, seeded_init, train
 from ..errors import ConfigError
@@ -73,7 +73,8 @@ def _normalise(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @register_detector("fastflow")
 class FastFlow(BaseDetector):
     def __init__(self, *, backbone: str = "efficientnet_lite2", layers: tuple[str, ...] | None = None,
-                 weights: str = "imagenet", flow_steps: int = 8, hidden_ratio: float | None = None, clamp: float = 2.0,
+                 weights: str = "imagenet", normalization: str = "weights", flow_steps: int = 8,
+                 hidden_ratio: float | None = None, clamp: float = 2.0,
                  anomaly_map: str = "prob", epochs: int = 500, batch_size: int = 32, lr: float = 1e-3,
                  weight_decay: float = 1e-5, cache_features: bool = True, val_fraction: float = 0.0,
                  patience: int = 0, checkpoint_dir: str | None = None, seed: int = 0,
@@ -81,6 +82,7 @@ class FastFlow(BaseDetector):
         self.backbone = backbone
         self.layers = layers
         self.weights = weights
+        self.normalization = normalization
         self.flow_steps = flow_steps
         self.hidden_ratio = hidden_ratio
         self.clamp = clamp
@@ -103,6 +105,7 @@ class FastFlow(BaseDetector):
     # ---- hooks -------------------------------------------------------------------------------
     def _validate_params(self) -> None:
         check_choice("backbone", self.backbone, list_backbones())
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
         check_layers(self.layers, "the stride 4, 8, 16 layers")
         if not isinstance(self.weights, str):
             raise ConfigError(f"weights must be 'imagenet', 'random' or a checkpoint path; got {self.weights!r}")
@@ -117,7 +120,8 @@ class FastFlow(BaseDetector):
 
     def _setup(self) -> None:
         layers = list(self.layers) if self.layers is not None else layers_at_strides(self.backbone, STRIDES)
-        self._backbone = create_backbone(self.backbone, layers, weights=self.weights, device=self.device)
+        self._backbone = create_backbone(self.backbone, layers, weights=self.weights,
+                                         normalization=self.normalization, device=self.device)
 
     def _ratio(self) -> float:
         return HIDDEN_RATIO[self.backbone] if self.hidden_ratio is None else float(self.hidden_ratio)

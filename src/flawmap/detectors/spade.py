@@ -22,7 +22,7 @@ import torch
 
 from ..base import BaseDetector, batched, check_choice, check_layers, check_range, float_batch
 from ..components.anomaly_map import anomaly_map
-from ..components.backbones import create_backbone, layers_at_strides, list_backbones
+from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
 from ..components.features import concat_layers
 from ..components.knn import knn
 from ..device import check_memory_budget
@@ -51,6 +51,7 @@ class SPADE(BaseDetector):
         layers: tuple[str, ...] | None = None,  # pixel pyramid; None: the stride 4, 8, 16 stages
         image_layer: str | None = None,  # globally pooled for the image kNN; None: the last (stride 32) stage
         weights: str = "imagenet",
+        normalization: str = "weights",  # input mean/std: "weights" (as the checkpoint was trained) or "imagenet"
         k: int = 50,  # K nearest normal images (image score and pixel gallery)
         kappa: int = 1,  # nearest gallery features per pixel
         sigma: float = 4.0,  # Gaussian smoothing of the upsampled map
@@ -64,6 +65,7 @@ class SPADE(BaseDetector):
         self.layers = layers
         self.image_layer = image_layer
         self.weights = weights
+        self.normalization = normalization
         self.k = k
         self.kappa = kappa
         self.sigma = sigma
@@ -79,6 +81,7 @@ class SPADE(BaseDetector):
 
     def _validate_params(self) -> None:
         check_choice("backbone", self.backbone, list_backbones())
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
         check_layers(self.layers, "the stride 4, 8, 16 layers")
         if self.image_layer is not None and not isinstance(self.image_layer, str):
             raise ConfigError(f"image_layer must be None or a layer name; got {self.image_layer!r}")
@@ -96,7 +99,8 @@ class SPADE(BaseDetector):
         img = self.image_layer or layers_at_strides(self.backbone, (PAPER_IMAGE_STRIDE,))[0]
         self._pixel_layers, self._image_layer = pix, img
         wanted = pix + ((img,) if img not in pix else ())
-        self._backbone = create_backbone(self.backbone, wanted, weights=self.weights, device=self.device)
+        self._backbone = create_backbone(self.backbone, wanted, weights=self.weights,
+                                         normalization=self.normalization, device=self.device)
 
     # ---- features -------------------------------------------------------------------------------
     def _features(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
