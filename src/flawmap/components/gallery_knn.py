@@ -175,7 +175,7 @@ class GalleryIndex:
     def _filtered(self, queries: torch.Tensor, images: torch.Tensor, k: int) -> torch.Tensor:
         """-> exact squared distances (Q, k) (unsorted) via the bf16 filter; see the module docstring."""
         bank, aug, d = self.bank, self.aug, self.bank.shape[2]
-        p, tiles, dev = bank.shape[1], self.tiles, bank.device
+        tiles, dev = self.tiles, bank.device
         qt, n2, eq = _rounded(queries - self.mu)
         parts, r3q = _split3(n2)
         q_aug_t = torch.cat([qt, parts, torch.ones(len(qt), 3, dtype=torch.bfloat16, device=dev)], 1).T.contiguous()
