@@ -122,7 +122,8 @@ class SPADE(BaseDetector):
                     f"spade: the pyramids of {n} training images ({positions} positions x {c} channels each)",
                     n * positions * c * 4 + GalleryIndex.extra_bytes(n, positions, c, self.device_), self.max_memory_gb,
                     "SPADE keeps every training pyramid (the method's gallery); use fewer training images "
-                    "(--max-train), a lower resolution (--resize/--crop) or fewer/shallower pyramid layers.")
+                    "(--max-train), a lower resolution (--resize/--crop) or fewer/shallower pyramid layers.",
+                    self.device_)  # F_i live there
                 pix_feats = torch.empty(n, pyr.shape[1] * pyr.shape[2], pyr.shape[3], device=self.device_)
                 self.grid_ = [int(pyr.shape[1]), int(pyr.shape[2])]
             pix_feats[sl] = pyr.flatten(1, 2).to(self.device_)
