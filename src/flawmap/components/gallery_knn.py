@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 
+from ..device import one_cpu_thread
 from .knn import sq_dists
 
 TILE = 64  # gallery rows per tile (the filter's first-level minimum)
@@ -199,21 +200,31 @@ class GalleryIndex:
                 a = torch.mm(aug[img], qa, out=buf)  # A (P', q) ~ ||q~ - g~||^2, bf16
                 ai = a.view(torch.int16).view(tiles, TILE, nq)
                 tmin = ai.amin(dim=1)  # (tiles, q) int16: order of non-negative bf16
-                tmf = tmin.view(torch.bfloat16).float()
-                if k == 1:
-                    low = torch.minimum(low, tmf.amin(dim=0, keepdim=True))
-                else:
-                    low = torch.topk(torch.cat([low, tmf]), k, dim=0, largest=False).values
-                u = (low.amax(dim=0).clamp(min=0) * (1 + _U) + eta_c).sqrt() + e_c  # U(q) >= k-th distance
-                thr = ((1 + _U) * ((u + e_c) ** 2 + eta_c) * (1 + _U)).clamp(max=3e38)  # T(q), rounded up below
-                thr_i = thr.to(torch.bfloat16).view(torch.int16)  # inf stays out: 3e38 < inf
-                t, r = (tmin <= thr_i).nonzero(as_tuple=True)  # candidate (tile, query)
-                if not len(t):
-                    continue
-                rr, cc = (ai[t, :, r] <= thr_i[r, None]).nonzero(as_tuple=True)  # candidate rows in those tiles
-                qrow, grow = r[rr], t[rr] * TILE + cc  # (query in the chunk, gallery row of img)
-                self._check(queries[cols], img, qrow, grow, best[cols])
+                with one_cpu_thread(dev):  # small ops: parallel regions cost more than they save (stalls under load)
+                    cand = self._candidates(ai, tmin, low, eta_c, e_c, k)
+                if cand is not None:
+                    self._check(queries[cols], img, *cand, best[cols])
         return best
+
+    @staticmethod
+    def _candidates(ai: torch.Tensor, tmin: torch.Tensor, low: torch.Tensor, eta_c: torch.Tensor, e_c: torch.Tensor,
+                    k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One block (an image x a chunk of q queries): update the bound ``low`` (k, q) in place from the tile
+        minima tmin (tiles, q); -> the candidate pairs of A (ai: int16 view (tiles, TILE, q)) as (query in the
+        chunk, gallery row), or None."""
+        tmf = tmin.view(torch.bfloat16).float()
+        if k == 1:
+            torch.minimum(low, tmf.amin(dim=0, keepdim=True), out=low)
+        else:
+            low.copy_(torch.topk(torch.cat([low, tmf]), k, dim=0, largest=False).values)
+        u = (low.amax(dim=0).clamp(min=0) * (1 + _U) + eta_c).sqrt() + e_c  # U(q) >= k-th distance
+        thr = ((1 + _U) * ((u + e_c) ** 2 + eta_c) * (1 + _U)).clamp(max=3e38)  # T(q), rounded up below
+        thr_i = thr.to(torch.bfloat16).view(torch.int16)  # inf stays out: 3e38 < inf
+        t, r = (tmin <= thr_i).nonzero(as_tuple=True)  # candidate (tile, query)
+        if not len(t):
+            return None
+        rr, cc = (ai[t, :, r] <= thr_i[r, None]).nonzero(as_tuple=True)  # candidate rows in those tiles
+        return r[rr], t[rr] * TILE + cc
 
     def _check(self, q: torch.Tensor, img: int, qrow: torch.Tensor, grow: torch.Tensor, best: torch.Tensor) -> None:
         """Exact fp32 d^2 of candidate pairs (q[qrow], F_img[grow]) merged into best (a view, in place)."""
@@ -225,6 +236,7 @@ class GalleryIndex:
             low = torch.topk(d2, kk, dim=1, largest=False).values
             _topk_merge(best, rows.repeat_interleave(kk), low.flatten())
             return
-        for s in range(0, len(qrow), _PAIRS):
-            qi, gi = qrow[s:s + _PAIRS], grow[s:s + _PAIRS]
-            _topk_merge(best, qi, (q[qi] - g[gi]).pow(2).sum(1))
+        with one_cpu_thread(g.device):  # gathers of a few thousand pairs
+            for s in range(0, len(qrow), _PAIRS):
+                qi, gi = qrow[s:s + _PAIRS], grow[s:s + _PAIRS]
+                _topk_merge(best, qi, (q[qi] - g[gi]).pow(2).sum(1))
