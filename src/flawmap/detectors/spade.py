@@ -12,8 +12,8 @@ The pixel search is exact (the brute-force values up to float rounding) and neve
 gallery: ``components.gallery_knn.GalleryIndex`` over the stored pyramids runs over the K neighbour
 images in blocks of at most ``chunk_size`` distance entries, keeping a running kappa-smallest per pixel;
 on CPUs with native bf16 a bf16 matmul with rigorous error bounds discards all but a few candidates,
-which are then checked in fp32 (bottle: 4.8x with 2 threads, 8.5x with 1). K larger than the number of training images
-is clamped to that number with a warning (the effective value is ``k_``).
+which are then checked in fp32 (bottle: 4.8x faster with 2 threads, 8.5x with 1). K larger than the
+number of training images is clamped to that number with a warning (the effective value is ``k_``).
 """
 
 from __future__ import annotations
