@@ -13,14 +13,23 @@ from flawmap import get_detector, list_detectors, load_detector
 from flawmap.errors import ConfigError, NotFittedError
 from flawmap.registry import detector_class
 
+from .conftest import TEST_DEVICE
+
 #: the five published methods; the contract tests below run over exactly these
 METHODS = ("fastflow", "padim", "patchcore", "riad", "spade")
 DETECTORS = list_detectors()
 
 
 def make(name: str, **extra: object) -> flawmap.BaseDetector:
-    params = {**detector_class(name).tiny_params(), **extra}
+    params = {**detector_class(name).tiny_params(), "device": TEST_DEVICE, **extra}
     return get_detector(name, **params)
+
+
+def test_detectors_run_on_the_test_device(fitted) -> None:
+    """FLAWMAP_TEST_DEVICE (default cpu) is where every contract check runs."""
+    want = torch.device(TEST_DEVICE)
+    for name, det in fitted.items():
+        assert det.device_.type == want.type, name
 
 
 @pytest.fixture(scope="module")
