@@ -32,19 +32,47 @@ def _pad(x: torch.Tensor, pad: tuple[int, int, int, int], size: int, r: int) -> 
     return F.pad(x, pad, mode="reflect" if size > r else "replicate")
 
 
+#: sides up to this length are blurred by a (side x side) banded matrix product, longer ones by two
+#: 1D convolutions. Measured (1 thread, Sapphire Rapids, oneDNN): for 120 planes of 256 x 256 with an
+#: 11-tap kernel the matrix product is 11x faster forward and 20x faster forward + backward (SSIM in
+#: RIAD's loss); single-channel convolutions take oneDNN's slow path.
+MATRIX_MAX_SIDE = 1024
+
+
+def blur_matrix(n: int, kernel: torch.Tensor) -> torch.Tensor:
+    """The (n, n) matrix B of the 1D blur of a length-n signal with ``kernel`` (2r + 1,), padding folded
+    in (reflect, replicate when n <= r, as :func:`gaussian_blur`): blur(v)[i] = sum_j B[i, j] v[j]."""
+    r = len(kernel) // 2
+    src = torch.arange(n, device=kernel.device)[:, None] + torch.arange(-r, r + 1, device=kernel.device)  # (n, 2r+1)
+    if n > r:  # reflect about the edge samples: -1 -> 1, n -> n - 2
+        src = src.abs()
+        src = torch.where(src > n - 1, 2 * (n - 1) - src, src)
+    else:
+        src = src.clamp(0, n - 1)
+    rows = torch.arange(n, device=kernel.device)[:, None].expand_as(src)
+    out = torch.zeros(n, n, device=kernel.device, dtype=kernel.dtype)
+    return out.index_put_((rows.reshape(-1), src.reshape(-1)), kernel.expand(n, -1).reshape(-1), accumulate=True)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0, radius: int | None = None) -> torch.Tensor:
     """Separable Gaussian smoothing over the last two dims of x (..., H, W), reflect padding (replicate on a
     side not longer than the radius); same shape and dtype out. sigma <= 0 returns x unchanged."""
     if sigma <= 0:
         return x
-    k = gaussian_kernel1d(sigma, truncate, radius, device=x.device, dtype=x.dtype)
-    r = len(k) // 2
     shape = x.shape
     h, w = shape[-2:]
+    if max(h, w) <= MATRIX_MAX_SIDE:  # y = B_H x B_W^T: two matrix products, padding inside B
+        k64 = gaussian_kernel1d(sigma, truncate, radius, device=x.device, dtype=torch.float64)
+        b_w = blur_matrix(w, k64).to(x.dtype)
+        b_h = b_w if h == w else blur_matrix(h, k64).to(x.dtype)
+        y = torch.matmul(x.reshape(-1, h, w), b_w.t())  # (N, H, W): rows blurred
+        return torch.matmul(b_h, y).reshape(shape)
+    k = gaussian_kernel1d(sigma, truncate, radius, device=x.device, dtype=x.dtype)
+    r = len(k) // 2
     y = x.reshape(-1, 1, h, w)  # every leading index is one channel
     y = F.conv2d(_pad(y, (r, r, 0, 0), w, r), k.view(1, 1, 1, -1))
     y = F.conv2d(_pad(y, (0, 0, r, r), h, r), k.view(1, 1, -1, 1))
     return y.reshape(shape)
 
 
-__all__ = ["gaussian_blur", "gaussian_kernel1d"]
+__all__ = ["blur_matrix", "gaussian_blur", "gaussian_kernel1d"]

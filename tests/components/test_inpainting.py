@@ -61,3 +61,82 @@ def test_mean_filter():
 def test_unet_shapes():
     net = ip.UNet(base=4, depth=3)
     assert net(torch.rand(2, 3, 16, 24)).shape == (2, 3, 16, 24)
+
+
+# ---- the batched maths against straightforward references (the formulas, one operand at a time) ----
+def _ssim_reference(x, y, window=11, sigma=1.5):
+    from flawmap.filters import gaussian_blur
+
+    def blur(t):
+        return gaussian_blur(t, sigma, radius=window // 2)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y, cov = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2, blur(x * y) - mu_x * mu_y
+    c1, c2 = ip.SSIM_C1, ip.SSIM_C2
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+
+
+def _prewitt_reference(x):  # explicit loops over channels, 3x3 Prewitt / 3 with replicate padding
+    p = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    gx = (p[..., :-2, :-2] + p[..., 1:-1, :-2] + p[..., 2:, :-2] - p[..., :-2, 2:] - p[..., 1:-1, 2:] - p[..., 2:, 2:]) / 3
+    gy = (p[..., :-2, :-2] + p[..., :-2, 1:-1] + p[..., :-2, 2:] - p[..., 2:, :-2] - p[..., 2:, 1:-1] - p[..., 2:, 2:]) / 3
+    return torch.sqrt(gx**2 + gy**2 + 1e-12)
+
+
+def _msgms_reference(x, y, scales=4):
+    import torch.nn.functional as F
+
+    total = torch.zeros(x.shape[0], *x.shape[-2:], dtype=x.dtype)
+    for s in range(scales):
+        xs = F.avg_pool2d(x, 2**s) if s else x
+        ys = F.avg_pool2d(y, 2**s) if s else y
+        gx, gy = _prewitt_reference(xs), _prewitt_reference(ys)
+        d = (1 - (2 * gx * gy + ip.GMS_C) / (gx**2 + gy**2 + ip.GMS_C)).mean(1, keepdim=True)
+        total += F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0] if s else d[:, 0]
+    return total / scales
+
+
+def test_batched_ssim_gms_msgms_equal_the_references():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(2, 3, 24, 24, generator=g), torch.rand(2, 3, 24, 24, generator=g)
+    torch.testing.assert_close(ip.ssim_map(x, y), _ssim_reference(x, y), rtol=1e-5, atol=1e-6)
+    gx, gy = _prewitt_reference(x), _prewitt_reference(y)
+    torch.testing.assert_close(ip.gms_map(x, y), (2 * gx * gy + ip.GMS_C) / (gx**2 + gy**2 + ip.GMS_C))
+    torch.testing.assert_close(ip.msgms_map(x, y), _msgms_reference(x, y), rtol=1e-5, atol=1e-6)
+    xd, yd = x.double(), y.double()  # float64 in, float64 out: no float32 shortcut inside
+    torch.testing.assert_close(ip.msgms_map(xd, yd), _msgms_reference(xd, yd))
+
+
+def test_grouped_inpainting_equals_one_partition_at_a_time():
+    g = torch.Generator().manual_seed(4)
+    net = ip.UNet(base=4, depth=2).eval()
+    x = torch.rand(3, 3, 16, 16, generator=g)
+    parts = torch.stack([ip.grid_masks(1, (16, 16), k, 3, g)[0] for k in (2, 4, 8)])  # (G, n, H, W)
+    with torch.no_grad():
+        ref = torch.stack([sum(net(x * (1 - m)) * m for m in p) for p in parts], 1)  # (B, G, 3, H, W)
+        for chunk in (None, 4, 27):
+            torch.testing.assert_close(ip.inpaint(net, x, parts[None], chunk=chunk), ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ip.inpaint(net, x, parts[1]), ref[:, 1], rtol=1e-5, atol=1e-6)
+        low = ip.inpaint(net, x, parts[None], dtype=torch.bfloat16)  # U-Net in bf16, assembly in float32
+        assert low.dtype == torch.float32 and (low - ref).abs().max() < 0.05
+
+
+def test_fold_batchnorm_is_the_eval_network():
+    g = torch.Generator().manual_seed(5)
+    net = ip.UNet(base=4, depth=2)
+    with torch.no_grad():  # non-trivial BatchNorm statistics and affine parameters
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.2, 0.2, generator=g)
+    net.train()  # left as it was
+    x = torch.rand(2, 3, 16, 16, generator=g)
+    folded = ip.fold_batchnorm(net)
+    assert net.training and not folded.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net.eval()(x), rtol=1e-4, atol=1e-5)
+    out = folded(x)
+    assert out.is_contiguous()  # channels_last inside, the standard layout out

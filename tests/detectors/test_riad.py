@@ -1,4 +1,4 @@
-"""RIAD: presets, parameters, inpainting at test time, checkpoint resume and save/load."""
+"""RIAD: paper defaults, presets, parameters, precision, inpainting at test time, checkpoint resume and save/load."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from flawmap import get_detector, load_detector
-from flawmap.detectors.riad import PRESETS, RIAD
+from flawmap.detectors.riad import RIAD
 from flawmap.errors import ConfigError
+from flawmap.presets import list_presets
 
 TINY = {"image_size": 32, "grid_sizes": (2, 4), "base_channels": 4, "depth": 2, "epochs": 2, "batch_size": 4,
         "lr": 1e-3, "smoothing": 3, "device": "cpu"}
@@ -28,17 +29,27 @@ def images(tiny_data):
     return train.images[:6], test
 
 
-def test_defaults_are_the_paper_preset():
+PAPER = {"image_size": 256, "grid_sizes": (2, 4, 8, 16), "n_masks": 3, "base_channels": 64, "depth": 4,
+         "epochs": 300, "batch_size": 8, "lr": 1e-4, "smoothing": 21}
+
+
+def test_defaults_are_the_paper_and_presets_live_in_flawmap_presets():
     d = RIAD.default_params()
-    assert {k: d[k] for k in PRESETS["paper"]} == PRESETS["paper"]
+    assert {k: d[k] for k in PAPER} == PAPER
     assert d["n_masks"] == 3 and d["ssim_weight"] == d["gms_weight"] == 1.0
-    for preset in PRESETS.values():
-        RIAD(**preset)._validate_params()
+    import flawmap.detectors.riad as riad_module
+
+    assert not hasattr(riad_module, "PRESETS") and not hasattr(riad_module, "PRESETS_COST")  # one mechanism
+    for name in list_presets():
+        get_detector("riad", preset=name).validate_params()
+    fast = get_detector("riad", preset="fast")  # the paper's network and budget, early stopping added
+    assert {k: getattr(fast, k) for k in PAPER} == PAPER and fast.val_fraction == 0.1 and fast.patience == 10
 
 
 @pytest.mark.parametrize("bad,match", [({"image_size": 30}, "multiple of"), ({"grid_sizes": ()}, "grid_sizes"),
                                         ({"grid_sizes": (2, 64)}, r"grid_sizes\[i\]"), ({"n_masks": 1}, "n_masks"),
-                                        ({"smoothing": 0}, "smoothing")])
+                                        ({"smoothing": 0}, "smoothing"),
+                                        ({"precision": "fp16"}, "precision must be one of auto, float32, bfloat16")])
 def test_bad_params(bad, match, images):
     with pytest.raises(ConfigError, match=match):
         get_detector("riad", **{**TINY, **bad}).fit(images[0][:2])
@@ -65,3 +76,14 @@ def test_test_masks_fixed_and_train_masks_seeded(images):
     a = det._train_masks(5, torch.Generator().manual_seed(0))
     assert torch.equal(a, det._train_masks(5, torch.Generator().manual_seed(0)))
     assert torch.equal(a.sum(1), torch.ones(5, 32, 32))
+
+
+def test_bfloat16_predict_close_to_float32(images):
+    """The same fitted weights scored under bfloat16 autocast and in float32: nearly the same maps."""
+    train, test = images
+    det = get_detector("riad", **{**TINY, "precision": "float32"}).fit(train)
+    ref = det.predict(test.images)
+    det.precision = "bfloat16"
+    low = det.predict(test.images)
+    assert np.abs(low.maps - ref.maps).max() < 0.05 * ref.maps.max()
+    assert np.corrcoef(low.scores, ref.scores)[0, 1] > 0.9

@@ -7,12 +7,15 @@ L_MSGMS with lambda_S = lambda_G = 1. At test time, for every k in K, the image 
 a fixed (seeded) partition; the anomaly map is the MSGMS distance between I and I_r (mean of
 1 - GMS over 4 scales), averaged over K and smoothed by a mean filter; image score = max of the map.
 
-Presets (``get_detector("riad", **PRESETS["cpu"])``):
-* "paper": the paper's settings (256 px, K = {2, 4, 8, 16}, n = 3, 300 epochs, Adam lr 1e-4,
-  batch 8), for a GPU. The U-Net width (64 channels at full resolution, 4 poolings) is the
-  standard U-Net's; the paper's exact widths are not reproduced here. Mean filter 21 px at 256 px.
-* "cpu": 64 px, U-Net width 16 / depth 3, K = {2, 4, 8}, 40 epochs, lr 1e-3: trains bottle (209
-  images) on a shared 2-core CPU in about 20 minutes (PRESETS_COST).
+Presets live in flawmap.presets (``get_detector("riad", preset="cpu-quick")``, ``flawmap list --presets``);
+the defaults are the paper's: 256 px, K = {2, 4, 8, 16}, n = 3, 300 epochs, Adam lr 1e-4, batch 8.
+The U-Net width (64 channels at full resolution, 4 poolings) is the standard U-Net's; the paper's
+exact widths are not reproduced here. Mean filter 21 px at 256 px.
+
+Speed: the U-Net is the cost (|K| n = 12 forward passes per test image, n = 3 forward + backward
+passes per training image). ``precision="auto"`` runs it under bfloat16 autocast where that is native
+(CUDA with bf16, CPUs with AMX), float32 elsewhere; losses and maps are always float32. At test
+time all |K| partitions go through one batched call with BatchNorm folded into the convolutions.
 """
 
 from __future__ import annotations
@@ -26,27 +29,13 @@ from torch import nn
 
 from ..base import BaseDetector, check_range
 from ..components.anomaly_map import upsample
-from ..components.inpainting import UNet, grid_masks, inpaint, mean_filter, msgms_map, riad_loss
+from ..components.inpainting import UNet, fold_batchnorm, grid_masks, inpaint, mean_filter, msgms_map, riad_loss
 from ..components.training import TrainSettings, check_train_params, fingerprint, seeded_init, train
+from ..device import autocast_dtype
 from ..errors import ConfigError
 from ..registry import register_detector
 
 log = logging.getLogger(__name__)
-
-PRESETS: dict[str, dict[str, object]] = {
-    "paper": {"image_size": 256, "grid_sizes": (2, 4, 8, 16), "n_masks": 3, "base_channels": 64, "depth": 4,
-              "epochs": 300, "batch_size": 8, "lr": 1e-4, "smoothing": 21},
-    "cpu": {"image_size": 64, "grid_sizes": (2, 4, 8), "n_masks": 3, "base_channels": 16, "depth": 3,
-            "epochs": 40, "batch_size": 8, "lr": 1e-3, "smoothing": 5},
-}
-#: measured with benchmarks/bench_trained.py on MVTec bottle (209 train / 83 test images, 1 torch thread
-#: on a shared 2-core box): mean seconds per epoch, fit time, predict time per image, results.
-PRESETS_COST = {
-    "paper": "GPU only; not measured (estimated ~75 TFLOP per epoch on bottle: impractical on a CPU)",
-    "cpu": "28.5 s/epoch (16-39 s), 40 epochs = 19 min fit, 0.12 s/image predict, peak RSS 1.5 GiB; "
-           "bottle image AUROC 0.988, pixel AUROC 0.966",
-}
-
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if tuple(x.shape[-2:]) == (size, size):
@@ -59,8 +48,8 @@ class RIAD(BaseDetector):
     def __init__(self, *, image_size: int = 256, grid_sizes: tuple[int, ...] = (2, 4, 8, 16), n_masks: int = 3,
                  base_channels: int = 64, depth: int = 4, ssim_weight: float = 1.0, gms_weight: float = 1.0,
                  smoothing: int = 21, epochs: int = 300, batch_size: int = 8, lr: float = 1e-4,
-                 val_fraction: float = 0.0, patience: int = 0, checkpoint_dir: str | None = None, seed: int = 0,
-                 device: str = "auto") -> None:
+                 val_fraction: float = 0.0, patience: int = 0, precision: str = "auto",
+                 checkpoint_dir: str | None = None, seed: int = 0, device: str = "auto") -> None:
         self.image_size = image_size
         self.grid_sizes = grid_sizes
         self.n_masks = n_masks
@@ -74,6 +63,7 @@ class RIAD(BaseDetector):
         self.lr = lr
         self.val_fraction = val_fraction
         self.patience = patience
+        self.precision = precision
         self.checkpoint_dir = checkpoint_dir
         self.seed = seed
         self.device = device
@@ -99,6 +89,7 @@ class RIAD(BaseDetector):
         check_range("gms_weight", self.gms_weight, 0, None)
         check_range("smoothing", self.smoothing, 1, self.image_size, integer=True)
         check_train_params(self)
+        autocast_dtype(self.precision, "cpu")  # ConfigError listing the allowed values
 
     def _build_modules(self) -> None:
         # eval mode: BatchNorm uses its running statistics unless the training loop switches it
@@ -126,10 +117,11 @@ class RIAD(BaseDetector):
         log.info("riad: %d images at %d px, U-Net with %d parameters", len(images), self.image_size,
                  sum(p.numel() for p in self.net_.parameters()))
         data = torch.cat([_resize(images[i:i + 64], self.image_size) for i in range(0, len(images), 64)])
+        dtype = autocast_dtype(self.precision, self.device_)
 
         def loss_fn(net: nn.Module, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
             masks = self._train_masks(len(x), g).to(x.device)  # (B, n, S, S)
-            recon = inpaint(net, x, masks)  # I_r (B, 3, S, S)
+            recon = inpaint(net, x, masks, dtype=dtype)  # I_r (B, 3, S, S), float32
             return riad_loss(x, recon, self.ssim_weight, self.gms_weight)
 
         params = {k: v for k, v in self.get_params().items() if k not in ("epochs", "checkpoint_dir", "smoothing")}
@@ -145,10 +137,11 @@ class RIAD(BaseDetector):
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = _resize(images, self.image_size).to(self.device_)  # (B, 3, S, S)
-        maps = x.new_zeros(x.shape[0], self.image_size, self.image_size)
-        for k in self.grid_sizes:
-            recon = inpaint(self.net_, x, self._test_masks(k).to(x.device))  # I_r for cell size k
-            maps += msgms_map(x, recon)  # (B, S, S)
-        maps = mean_filter(maps / len(self.grid_sizes), self.smoothing)
+        b, s, n_k = x.shape[0], self.image_size, len(self.grid_sizes)
+        masks = torch.cat([self._test_masks(k) for k in self.grid_sizes]).to(x.device)  # (|K|, n, S, S)
+        recon = inpaint(fold_batchnorm(self.net_), x, masks[None], chunk=self.batch_size * self.n_masks,
+                        dtype=autocast_dtype(self.precision, x.device))  # I_r per cell size (B, |K|, 3, S, S)
+        dist = msgms_map(x.repeat_interleave(n_k, 0), recon.flatten(0, 1))  # (B |K|, S, S)
+        maps = mean_filter(dist.view(b, n_k, s, s).mean(1), self.smoothing)  # (B, S, S)
         maps = upsample(maps, tuple(images.shape[-2:]))
         return maps.flatten(1).amax(1), maps
