@@ -51,6 +51,7 @@ class Setting:
 COMMON: dict[str, dict[str, Any]] = {"patchcore": {"coreset_ratio": 0.01}}
 NO_CROP = {"crop": 0}
 LITE2_S4 = ("blocks.1", "blocks.2", "blocks.4")  # efficientnet_lite2 stages at strides 4, 8, 16
+L0L2MN = ("efficientnet_lite0", "efficientnet_lite2", "mobilenet_v2")
 SETTINGS: dict[str, Setting] = {
     "paper": Setting({}, {}, note="paper preprocessing (256 -> crop 224)"),
     **{f"base-{r}": Setting({}, {"resize": r, **NO_CROP}) for r in (256, 320, 384)},
@@ -58,6 +59,18 @@ SETTINGS: dict[str, Setting] = {
     **{f"emb{d}-256": Setting({"embedding_dim": d}, {"resize": 256, **NO_CROP}) for d in (32, 64, 128)},
     "imagenet-256": Setting({"normalization": "imagenet"}, {"resize": 256, **NO_CROP}),
     **{f"pad-{r}": Setting({}, {"resize": r, **NO_CROP, "aspect": "pad"}, note="letterbox") for r in (256, 384, 512)},
+    # rotation coverage / test-time rotations / backbone ensembles (issue 13, branch rotation-ensemble)
+    **{f"rot-train{r}-256": Setting({"train_rotations": r}, {"resize": 256, **NO_CROP},
+                                    note=f"bank also at {r} more orientations") for r in (3, 7)},
+    "rot-test3-256": Setting({"test_rotations": 3}, {"resize": 256, **NO_CROP}, note="min over 4 orientations"),
+    "mn-256": Setting({"backbone": "mobilenet_v2"}, {"resize": 256, **NO_CROP}),
+    "ens-l0l2mn-256": Setting({"backbone": L0L2MN}, {"resize": 256, **NO_CROP}, note="concatenated, one bank"),
+    "scores-l0l2mn-256": Setting({"backbone": L0L2MN, "ensemble": "scores"}, {"resize": 256, **NO_CROP},
+                                 note="a bank per backbone, standardised scores averaged"),
+    "scores-l0l2mn-test3-256": Setting({"backbone": L0L2MN, "ensemble": "scores", "test_rotations": 3},
+                                       {"resize": 256, **NO_CROP}),
+    "scores-l0l2-test3-256": Setting({"backbone": L0L2MN[:2], "ensemble": "scores", "test_rotations": 3},
+                                     {"resize": 256, **NO_CROP}, note="installed backbones only"),
     "padim-256": Setting({}, {"resize": 256, **NO_CROP}, method="padim"),
     "padim-pad-256": Setting({}, {"resize": 256, **NO_CROP, "aspect": "pad"}, method="padim"),
     "padim-pad-384": Setting({}, {"resize": 384, **NO_CROP, "aspect": "pad"}, method="padim"),

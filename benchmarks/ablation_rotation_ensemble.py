@@ -46,6 +46,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "ens-l2mn": {"backbone": (L2, MN)},
     "ens-l0l2mn": {"backbone": (L0, L2, MN)},
     "scores-l0l2mn": {"score_ensemble": (L0, L2, MN)},
+    "scores-l2mn": {"score_ensemble": (L2, MN)},
+    "scores-l0l2mn-rot-train7": {"score_ensemble": (L0, L2, MN), "train_rotations": 7},
     "ens-l0l2mn-rot-train3": {"backbone": (L0, L2, MN), "train_rotations": 3},
     "ens-l0l2-rot-train3": {"backbone": (L0, L2), "train_rotations": 3},
 }

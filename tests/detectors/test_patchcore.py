@@ -145,7 +145,31 @@ def test_ensemble_concatenates_members_with_unit_variance_blocks(tmp_path) -> No
     np.testing.assert_array_equal(loaded.predict(test).maps, res.maps)
 
 
+def test_scores_ensemble_averages_members_standardised_on_their_training_scores(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    imgs, test = _images(6, size=48), _images(3, seed=5, size=48)
+    det = get_detector("patchcore", backbone=(L0, MN), ensemble="scores", coreset_ratio=0.5).fit(imgs)
+    z_scores, z_maps = [], []
+    for name in (L0, MN):  # the same as separate PatchCores, each standardised by its own training outputs
+        one = get_detector("patchcore", backbone=name, coreset_ratio=0.5).fit(imgs)
+        own, new = one.predict(imgs), one.predict(test)
+        z_scores.append((new.scores - own.scores.mean()) / (own.scores.std() + 1e-12))
+        z_maps.append((new.maps - own.maps.mean()) / (own.maps.std() + 1e-12))
+    res = det.predict(test)
+    np.testing.assert_allclose(res.scores, np.mean(z_scores, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(res.maps, np.mean(z_maps, 0), rtol=1e-4, atol=1e-5)
+    assert det.member_stats_.shape == (2, 4) and not hasattr(det, "memory_bank_")
+    det.save(tmp_path / "m")
+    loaded = load_detector(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.predict(test).scores, res.scores)
+    np.testing.assert_array_equal(loaded.predict(test).maps, res.maps)
+    from flawmap.deploy.export import graph_forward
+
+    with pytest.raises(ConfigError, match="ensemble='scores'.*cannot be exported.*ensemble='concat'"):
+        graph_forward(loaded)
+
+
 @pytest.mark.parametrize("params,match", [
+    ({"backbone": (L0, MN), "ensemble": "mean"}, r"ensemble='mean' is not allowed; allowed values: 'concat', 'scores'"),
     ({"backbone": (L0, "vgg16")}, r"backbone='vgg16' is not allowed; allowed values: 'efficientnet_lite0'.*'mobilenet_v2'"),
     ({"backbone": (L0,)}, r"at least two distinct backbones from 'efficientnet_lite0'"),
     ({"backbone": (L0, L0)}, "at least two distinct"),

@@ -18,7 +18,27 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .backbones import FeatureExtractor, create_backbone
+
+
+def check_backbones(backbone: object, layers: object, weights: object, allowed: Sequence[str]) -> None:
+    """A ``backbone`` parameter: one name from ``allowed``, or a tuple of at least two distinct ones (an
+    ensemble: then ``layers`` must be None and ``weights`` "imagenet" or "random"). Raises ConfigError."""
+    names = list(backbone) if isinstance(backbone, (tuple, list)) else [backbone]
+    for name in names:
+        if name not in allowed:
+            raise ConfigError(f"backbone={name!r} is not allowed; allowed values: {', '.join(map(repr, allowed))}")
+    if not isinstance(backbone, (tuple, list)):
+        return
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ConfigError(f"backbone={backbone!r}: an ensemble needs at least two distinct backbones from "
+                          f"{', '.join(map(repr, allowed))} (or one name)")
+    if layers is not None:
+        raise ConfigError(f"layers must be None with an ensemble of backbones (each uses its stride 8 and 16 "
+                          f"layers); got {layers!r}")
+    if weights not in ("imagenet", "random"):
+        raise ConfigError(f"weights (of an ensemble)={weights!r} is not allowed; allowed values: 'imagenet', 'random'")
 
 
 class BackboneEnsemble(nn.Module):
@@ -70,4 +90,4 @@ def block_scales(bank: torch.Tensor, dims: Sequence[int], chunk: int = 1 << 16) 
     return torch.stack([b.sum().clamp_min(1e-12).rsqrt() for b in blocks]).float()
 
 
-__all__ = ["BackboneEnsemble", "block_scales", "create_ensemble", "member_features"]
+__all__ = ["BackboneEnsemble", "block_scales", "check_backbones", "create_ensemble", "member_features"]

@@ -3,7 +3,7 @@ test-time augmentation).
 
 Convention: angles in degrees, counterclockwise as displayed (x right, y down), about the image
 centre; a point at (u, v) from the centre goes to (u', v') = (cos a u + sin a v, -sin a u + cos a v).
-Multiples of 90 degrees are exact (``torch.rot90``, the canvas turns with the image: (H, W) -> (W, H)
+Multiples of 90 degrees are exact (``torch.rot90``'s permutation, the canvas turns with the image: (H, W) -> (W, H)
 at 90 and 270); other angles keep the canvas (H, W) and resample bilinearly with ``grid_sample``, the
 corners that rotate in being filled by reflection (mirrored content, no black wedge with hard edges).
 Patches whose grid cell centre falls outside the source image are then dropped by ``cell_map``
@@ -36,8 +36,8 @@ def rotated_size(size: tuple[int, int], angle: float) -> tuple[int, int]:
 def rotate_images(x: torch.Tensor, angle: float) -> torch.Tensor:
     """x (B, C, H, W) float -> rotated (B, C, H', W') (see the module docstring for the convention)."""
     k = _quarter_turns(angle)
-    if k is not None:
-        return torch.rot90(x, k, dims=(-2, -1)) if k else x
+    if k is not None:  # torch.rot90 as flips and a transpose (ONNX has no rot90)
+        return (x, x.flip(-1).transpose(-2, -1), x.flip(-2, -1), x.transpose(-2, -1).flip(-1))[k]
     _, _, h, w = x.shape
     a = math.radians(angle)
     ys = torch.arange(h, dtype=x.dtype, device=x.device) + 0.5 - h / 2  # v' of each output row

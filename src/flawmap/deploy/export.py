@@ -73,6 +73,9 @@ def graph_forward(det: Any) -> Callable[[torch.Tensor], tuple[torch.Tensor, torc
     if det.name == "patchcore":
         from ..components.knn import nearest_dense
 
+        if det._separate:
+            raise ConfigError("a PatchCore ensemble='scores' (one bank per backbone) cannot be exported to ONNX; "
+                              "refit with ensemble='concat' (one bank) to export it")
         bank = det.memory_bank_.detach().cpu()
         bank_sq = bank.pow(2).sum(1)
         nearest = lambda q, k: nearest_dense(q, bank, k, bank_sq)  # noqa: E731

@@ -18,9 +18,12 @@ Beyond the paper (all off by default, paper scores unchanged):
   a normal patch needs one orientation that matches M, a defect matches M in none, so the minimum
   removes orientation false alarms and keeps defects (a mean would add the wrong orientations'
   distances to every normal patch). s*, m_test and m* (eq. 7) are taken where the minimum is attained.
-* ``backbone=("a", "b", ...)``: an ensemble; each backbone's locally aware features (its stride 8 + 16
-  stages, pooled to at most D) are concatenated per patch into one bank, each block scaled to unit
-  total variance over M (fitted ``block_scale_``, components/ensemble.py).
+* ``backbone=("a", "b", ...)``: an ensemble (components/ensemble.py). ``ensemble="concat"``: each
+  backbone's locally aware features (its stride 8 + 16 stages, pooled to at most D) are concatenated per
+  patch into one bank, each block scaled to unit total variance over M (fitted ``block_scale_``).
+  ``ensemble="scores"`` (the PatchCore paper's ensembles): one PatchCore per backbone, each with its own
+  bank; each member's image scores and maps are standardised with the mean / std of its scores and map
+  pixels on the TRAINING images (fitted ``member_stats_``, one more pass over them), then averaged.
 """
 
 from __future__ import annotations
@@ -35,12 +38,12 @@ from ..base import BaseDetector, check_choice, check_layers, check_range, float_
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import NORMALIZATIONS, create_backbone, list_backbones
 from ..components.coreset import MODES, greedy_coreset
-from ..components.ensemble import block_scales, create_ensemble, member_features
+from ..components.ensemble import block_scales, check_backbones, create_ensemble, member_features
 from ..components.features import concat_layers
 from ..components.knn import NearestNeighborIndex, knn
 from ..components.rotation import cell_map, rotate_images, rotated_size, rotation_angles
 from ..device import check_memory_budget
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelFileError
 from ..progress import progress
 from ..registry import register_detector
 
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 Nearest = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 Features = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 MAX_ROTATIONS = 35  # 10 degree steps
+ENSEMBLES = ("concat", "scores")
 
 
 @register_detector("patchcore")
@@ -62,6 +66,7 @@ class PatchCore(BaseDetector):
         backbone: str | tuple[str, ...] = "efficientnet_lite2",  # a tuple: an ensemble, one concatenated bank
         layers: tuple[str, ...] | None = None,  # None: the stride 8 + 16 stages (ResNet layer2+layer3)
         weights: str = "imagenet",
+        ensemble: str = "concat",  # with several backbones: "concat" (one bank) or "scores" (a bank each, scores averaged)
         normalization: str = "weights",  # input mean/std: "weights" (as the checkpoint was trained) or "imagenet"
         patch_size: int = 3,  # p: neighbourhood of the local aggregation f_agg
         embedding_dim: int = 1024,  # target dimension of the patch features (adaptive average pooling)
@@ -80,6 +85,7 @@ class PatchCore(BaseDetector):
         self.backbone = backbone
         self.layers = layers
         self.weights = weights
+        self.ensemble = ensemble
         self.normalization = normalization
         self.patch_size = patch_size
         self.embedding_dim = embedding_dim
@@ -96,19 +102,8 @@ class PatchCore(BaseDetector):
         self.device = device
 
     def _validate_params(self) -> None:
-        if isinstance(self.backbone, (tuple, list)):
-            names = list(self.backbone)
-            for name in names:
-                check_choice("backbone", name, list_backbones())
-            if len(names) < 2 or len(set(names)) != len(names):
-                raise ConfigError(f"backbone={self.backbone!r}: an ensemble needs at least two distinct backbones "
-                                  f"from {', '.join(map(repr, list_backbones()))} (or one name)")
-            if self.layers is not None:
-                raise ConfigError("layers must be None with an ensemble of backbones (each uses its stride 8 "
-                                  f"and 16 layers); got {self.layers!r}")
-            check_choice("weights (of an ensemble)", self.weights, ("imagenet", "random"))
-        else:
-            check_choice("backbone", self.backbone, list_backbones())
+        check_backbones(self.backbone, self.layers, self.weights, list_backbones())
+        check_choice("ensemble", self.ensemble, ENSEMBLES)
         check_choice("normalization", self.normalization, NORMALIZATIONS)
         check_layers(self.layers, "the stride 8 and 16 layers")
         check_range("patch_size", self.patch_size, 1, 15, integer=True)
@@ -127,8 +122,17 @@ class PatchCore(BaseDetector):
         check_range("batch_size", self.batch_size, 1, integer=True)
         check_range("seed", self.seed, 0, integer=True)
 
+    @property
+    def _separate(self) -> bool:
+        """True for the "scores" ensemble: the members are whole PatchCores (``_members``)."""
+        return isinstance(self.backbone, (tuple, list)) and self.ensemble == "scores"
+
     def _setup(self) -> None:
-        if isinstance(self.backbone, (tuple, list)):
+        if self._separate:  # derived from the parameters; their learned state is saved under "members/<i>/"
+            self._members = [PatchCore(**{**self.get_params(), "backbone": b, "ensemble": "concat"}) for b in self.backbone]
+            for m in self._members:
+                m._setup()
+        elif isinstance(self.backbone, (tuple, list)):
             self._backbone = create_ensemble(self.backbone, weights=self.weights, normalization=self.normalization,
                                              device=self.device)
         else:
@@ -162,6 +166,13 @@ class PatchCore(BaseDetector):
         return x.permute(0, 2, 3, 1).contiguous()
 
     def _fit(self, images: torch.Tensor) -> None:
+        if self._separate:
+            stats = []
+            for m in self._members:
+                r = m.use_feature_cache(self.feature_cache).fit(images).predict(images)  # training scores and maps
+                stats.append([r.scores.mean(), r.scores.std() + 1e-12, r.maps.mean(), r.maps.std() + 1e-12])
+            self.member_stats_ = torch.tensor(stats, dtype=torch.float32)  # (K, 4): score mean, std, map mean, std
+            return
         n, bs = len(images), self.batch_size
         self.agg_padding_ = "zeros"  # f_agg border rule (see _embed), saved with the model
         size = tuple(images.shape[-2:])
@@ -210,7 +221,27 @@ class PatchCore(BaseDetector):
         bank = self.memory_bank_
         self._index = NearestNeighborIndex(bank) if bank.device.type == "cpu" and len(bank) >= 4096 else None
 
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        own = super().state_tensors()
+        members = getattr(self, "_members", []) if self._separate else []
+        return {**own, **{f"members/{i}/{k}": t for i, m in enumerate(members) for k, t in m.state_tensors().items()}}
+
+    def state_meta(self) -> dict[str, object]:
+        own = super().state_meta()
+        return {**own, "members_": [m.state_meta() for m in self._members]} if self._separate else own
+
     def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, object]) -> None:
+        if self._separate:
+            members_meta = meta.pop("members_", None)
+            if not isinstance(members_meta, list) or len(members_meta) != len(self._members):
+                raise ModelFileError(f"a scores ensemble of {len(self._members)} backbones needs state 'members_' "
+                                     f"with one entry each; got {members_meta!r}")
+            for i, (m, mm) in enumerate(zip(self._members, members_meta)):
+                prefix = f"members/{i}/"
+                m._load_state({k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}, dict(mm))
+                m.fitted_ = True
+            super()._load_state({k: t for k, t in tensors.items() if not k.startswith("members/")}, meta)
+            return
         super()._load_state(tensors, {"agg_padding_": "valid", **meta})  # model files without it were fitted with "valid"
         self._build_index()
 
@@ -219,6 +250,11 @@ class PatchCore(BaseDetector):
         return self._index.search(q, k) if self._index is not None else knn(q, self.memory_bank_, k)
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._separate:  # mean of the members' standardised scores and maps
+            outs = [m.use_feature_cache(self.feature_cache)._predict(images) for m in self._members]
+            st = self.member_stats_.tolist()
+            return (torch.stack([(o[0].cpu() - a) / b for o, (a, b, _, _) in zip(outs, st)]).mean(0),
+                    torch.stack([(o[1].cpu() - c) / d for o, (_, _, c, d) in zip(outs, st)]).mean(0))
         return self._score(images, self._nearest, lambda x: self._backbone_features(x, device=self.device_))
 
     def _score(self, images: torch.Tensor, nearest: Nearest, features: Features) -> tuple[torch.Tensor, torch.Tensor]:
