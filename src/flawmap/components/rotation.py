@@ -45,7 +45,8 @@ def rotate_images(x: torch.Tensor, angle: float) -> torch.Tensor:
     v2, u2 = torch.meshgrid(ys, xs, indexing="ij")
     u = math.cos(a) * u2 - math.sin(a) * v2  # inverse rotation: where each output pixel comes from
     v = math.sin(a) * u2 + math.cos(a) * v2
-    grid = torch.stack((2 * u / w, 2 * v / h), dim=-1).expand(len(x), h, w, 2)  # align_corners=False units
+    grid = torch.stack((2 * u / w, 2 * v / h), dim=-1).unsqueeze(0)  # (1, H, W, 2) in align_corners=False units
+    grid = grid.expand(x.shape[0], -1, -1, -1)  # x.shape[0], not len(x): a traced graph keeps a dynamic batch
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
