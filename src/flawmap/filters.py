@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -41,17 +42,19 @@ MATRIX_MAX_SIDE = 1024
 
 def blur_matrix(n: int, kernel: torch.Tensor) -> torch.Tensor:
     """The (n, n) matrix B of the 1D blur of a length-n signal with ``kernel`` (2r + 1,), padding folded
-    in (reflect, replicate when n <= r, as :func:`gaussian_blur`): blur(v)[i] = sum_j B[i, j] v[j]."""
-    r = len(kernel) // 2
-    src = torch.arange(n, device=kernel.device)[:, None] + torch.arange(-r, r + 1, device=kernel.device)  # (n, 2r+1)
+    in (reflect, replicate when n <= r, as :func:`gaussian_blur`): blur(v)[i] = sum_j B[i, j] v[j].
+    Built in numpy, so a traced (ONNX) graph holds it as a constant (no scatter op in the graph)."""
+    k = kernel.detach().cpu().double().numpy()
+    r = len(k) // 2
+    src = np.arange(n)[:, None] + np.arange(-r, r + 1)  # (n, 2r+1)
     if n > r:  # reflect about the edge samples: -1 -> 1, n -> n - 2
-        src = src.abs()
-        src = torch.where(src > n - 1, 2 * (n - 1) - src, src)
+        src = np.abs(src)
+        src = np.where(src > n - 1, 2 * (n - 1) - src, src)
     else:
-        src = src.clamp(0, n - 1)
-    rows = torch.arange(n, device=kernel.device)[:, None].expand_as(src)
-    out = torch.zeros(n, n, device=kernel.device, dtype=kernel.dtype)
-    return out.index_put_((rows.reshape(-1), src.reshape(-1)), kernel.expand(n, -1).reshape(-1), accumulate=True)
+        src = np.clip(src, 0, n - 1)
+    out = np.zeros((n, n))
+    np.add.at(out, (np.broadcast_to(np.arange(n)[:, None], src.shape), src), np.broadcast_to(k, src.shape))
+    return torch.from_numpy(out).to(device=kernel.device, dtype=kernel.dtype)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0, radius: int | None = None) -> torch.Tensor:
