@@ -64,7 +64,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0, radius: 
         return x
     shape = x.shape
     h, w = shape[-2:]
-    if max(h, w) <= MATRIX_MAX_SIDE:  # y = B_H x B_W^T: two matrix products, padding inside B
+    if max(h, w) <= MATRIX_MAX_SIDE and not torch.jit.is_tracing():  # y = B_H x B_W^T: two matrix products, padding inside B
+        # (not while tracing for ONNX export: the traced matrix path gave wrong maps, so export takes the conv path below)
         k64 = gaussian_kernel1d(sigma, truncate, radius, device=x.device, dtype=torch.float64)
         b_w = blur_matrix(w, k64).to(x.dtype)
         b_h = b_w if h == w else blur_matrix(h, k64).to(x.dtype)
