@@ -166,3 +166,79 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     resumed = load_file(str(tmp_path / "a.safetensors"))
     full, _ = _run(6)  # uninterrupted, in this process, same seed
     assert all(torch.equal(resumed[k], v) for k, v in full.state_dict().items())
+
+
+# ---- precision, min_delta, host syncs ------------------------------------------------------------
+def test_precision_rule_and_validation():
+    cpu = torch.device("cpu")
+    assert tr.resolve_precision("float32", cpu) == "float32"
+    assert tr.resolve_precision("bfloat16", cpu) == "bfloat16"
+    assert tr.resolve_precision("auto", cpu) == ("bfloat16" if tr.bf16_is_native(cpu) else "float32")
+    with pytest.raises(tr.ConfigError, match="allowed: float32, bfloat16, float16"):
+        _run(1, precision="auto")  # the loop takes a resolved precision
+    with pytest.raises(tr.ConfigError, match="allowed: float32, bfloat16, float16"):
+        _run(1, precision="fp8")
+
+    class Det:
+        epochs, batch_size, lr, val_fraction, patience, seed, checkpoint_dir, min_delta = 1, 1, 0.1, 0, 0, 0, None, 0
+        precision = "half"
+
+    with pytest.raises(tr.ConfigError, match="'auto', 'float32', 'bfloat16', 'float16'"):
+        tr.check_train_params(Det())
+    Det.precision, Det.min_delta = "auto", 2.0
+    with pytest.raises(tr.ConfigError, match="min_delta"):
+        tr.check_train_params(Det())
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_low_precision_trains_and_float16_resumes_its_loss_scale(tmp_path, precision):
+    m, rep = _run(3, tmp_path / "a", precision=precision)
+    assert all(p.dtype == torch.float32 for p in m.parameters()) and len(rep.train_losses) == 3
+    assert rep.train_losses[-1] < rep.train_losses[0]
+    meta = json.loads((tmp_path / "a" / tr.CHECKPOINT_JSON).read_text())
+    assert ("grad_scaler" in meta) == (precision == "float16")
+    _run(1, tmp_path / "b", precision=precision)
+    resumed, rep_b = _run(3, tmp_path / "b", precision=precision)  # 1 epoch, then resume for 2
+    assert rep_b.resumed_from == 1 and _same(m, resumed)
+    _, other = _run(3, tmp_path / "b")  # float32 is another configuration: from scratch
+    assert other.resumed_from == 0
+
+
+def test_min_delta_counts_small_improvements_as_none():
+    class Scalar(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+    def loss(model: nn.Module, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        # validation loss 1 / (1 + w): decreases every epoch, by less than 1% from epoch 2 on
+        return (model.w - 10) ** 2 if model.training else 1 / (1 + 0.01 * model.w) + 0 * x.sum()
+
+    def run(min_delta: float) -> tr.TrainReport:
+        s = tr.TrainSettings(epochs=8, batch_size=20, lr=0.05, val_fraction=0.2, patience=2, min_delta=min_delta)
+        return tr.train(Scalar(), _data(), loss, s, config={}, device=torch.device("cpu"))
+
+    assert not run(0.0).stopped_early  # any decrease improves
+    rep = run(0.01)
+    assert rep.stopped_early and rep.best_epoch == 1 and rep.epochs_done == 3
+
+
+def test_nonfinite_loss_raises_and_the_loop_syncs_once_per_epoch(monkeypatch):
+    reads = []
+    real_float = tr.__builtins__["float"] if isinstance(tr.__builtins__, dict) else float
+
+    def counting_float(v):
+        if isinstance(v, torch.Tensor):
+            reads.append(1)
+        return real_float(v)
+
+    monkeypatch.setattr(tr, "float", counting_float, raising=False)
+    _run(2)  # 20 rows, batch 6: 4 steps per epoch
+    assert len(reads) == 2  # one read-back per epoch, none per step
+
+    def nan_loss(model: nn.Module, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return model(x).sum() * float("nan")
+
+    s = tr.TrainSettings(epochs=2, batch_size=6, lr=1e-2)
+    with pytest.raises(FloatingPointError, match="epoch 1; lower lr"):
+        tr.train(_model(), _data(), nan_loss, s, config={}, device=torch.device("cpu"))

@@ -71,3 +71,33 @@ def test_nll_map_and_validation_split(images):
     assert len(det.val_losses_) >= 1
     res = det.predict(test.images[:2])
     assert (res.maps >= 0).all() and np.allclose(res.scores, res.maps.reshape(2, -1).max(1))
+
+
+def test_backbone_runs_once_per_fit_not_per_epoch(images, monkeypatch):
+    """cache_features: the frozen backbone sees each training image once per fit, whatever the epochs."""
+    from flawmap.components.backbones import FeatureExtractor
+
+    train, _ = images
+    seen = []
+    forward = FeatureExtractor.forward
+
+    def counting(self, x):
+        seen.append(len(x))
+        return forward(self, x)
+
+    monkeypatch.setattr(FeatureExtractor, "forward", counting)
+    for epochs in (1, 3):
+        seen.clear()
+        get_detector("fastflow", **{**TINY, "epochs": epochs, "val_fraction": 0.34}).fit(train)
+        assert seen == [1, 4, 2]  # the shape probe, then the 6 images in batches of batch_size = 4
+
+
+def test_precision_is_validated_and_trains_in_float32_state(images):
+    train, test = images
+    with pytest.raises(ConfigError, match="'auto', 'float32', 'bfloat16', 'float16'"):
+        get_detector("fastflow", **TINY, precision="half").fit(train)
+    det = get_detector("fastflow", **{**TINY, "epochs": 1, "precision": "bfloat16"}).fit(train)
+    assert all(p.dtype == torch.float32 for p in det.flow_.parameters())
+    assert det.flow_.flows[0].steps[0].subnet[0].weight.is_contiguous(memory_format=torch.channels_last)
+    res = det.predict(test.images[:2])  # prediction runs in float32
+    assert res.maps.dtype == np.float32 and np.isfinite(res.maps).all()

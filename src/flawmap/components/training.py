@@ -82,15 +82,24 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def bf16_is_native(device: torch.device) -> bool:
+    """True where bfloat16 matrix arithmetic is native: CUDA devices with bf16 support (Ampere and newer),
+    CPUs with AMX-BF16 tiles (Sapphire Rapids and newer, where oneDNN convolutions run in bf16). Elsewhere
+    bfloat16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x; absent: assume no AMX
+    return device.type == "cpu" and bool(amx and amx())
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision a training run uses: ``precision`` itself unless "auto", which is bfloat16 on CUDA
-    devices that support it (Ampere and newer), float16 on older CUDA devices, float32 on the CPU (bfloat16
-    is opt-in there: faster only on CPUs with AMX / AVX512-BF16, see the FastFlow docstring)."""
+    """The precision a training run uses: ``precision`` itself unless "auto", which is bfloat16 where
+    :func:`bf16_is_native`, else float16 on CUDA (older GPUs, with loss scaling) and float32 on the CPU."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "float32"
+    if bf16_is_native(device):
+        return "bfloat16"
+    return "float16" if device.type == "cuda" else "float32"
 
 
 def autocast(precision: str, device: torch.device) -> Any:
