@@ -5,9 +5,13 @@ wall time, peak RSS of this process and, for FastFlow, the epoch time with the f
 recomputing backbone features every epoch. Run one method per process so peak RSS is its own:
 
     nice -n 10 python benchmarks/bench_trained.py fastflow --epochs 20 --out ff.json
-    nice -n 10 python benchmarks/bench_trained.py riad --preset cpu --out riad.json
+    nice -n 10 python benchmarks/bench_trained.py riad --preset cpu-quick --out riad.json
+    # timing only, at paper settings: 1 epoch on the first 16 training images, 8 test images spread over the set
+    python benchmarks/bench_trained.py riad --epochs 1 --max-train 16 --max-test 8 --out riad_paper.json
 
-Training resumes from --checkpoint-dir after an interruption (same arguments).
+``--preset`` is a flawmap.presets name (paper, cpu-quick, fast). ``--max-train`` / ``--max-test`` time on the
+first N images only; ``epoch_s_full`` then extrapolates seconds per epoch to the whole training set
+(train images / images per second). Training resumes from --checkpoint-dir after an interruption.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import sys
 import time
@@ -23,7 +28,7 @@ from pathlib import Path
 import torch
 
 from flawmap import get_detector
-from flawmap.data import mvtec
+from flawmap.data import Transform, load_split, scan_category
 from flawmap.metrics.evaluate import evaluate
 
 log = logging.getLogger("bench_trained")
@@ -44,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--category", default="bottle")
     p.add_argument("--size", type=int, default=256, help="images are resized to size x size on loading")
     p.add_argument("--epochs", type=int, default=None, help="override the epochs (default: detector/preset)")
-    p.add_argument("--preset", default=None, help="RIAD preset name (riad.PRESETS), e.g. cpu or paper")
+    p.add_argument("--preset", default=None, help="flawmap.presets name: paper, cpu-quick, fast")
+    p.add_argument("--param", action="append", default=[], metavar="K=V",
+                   help="hyperparameter on top of the preset (JSON value), e.g. --param base_channels=16")
+    p.add_argument("--max-train", type=int, default=None, help="train on the first N training images only")
+    p.add_argument("--max-test", type=int, default=None, help="predict N evenly spread test images only")
     p.add_argument("--backbone", default=None, help="FastFlow backbone (default: the detector's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--compare-cache-epochs", type=int, default=1,
@@ -57,16 +66,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(a.threads)
 
-    data = mvtec.scan_category(a.root, a.category)
-    tf = mvtec.Transform(resize=a.size)
-    train_split = mvtec.load_split(data, "train", tf)
-    test_split = mvtec.load_split(data, "test", tf)
+    data = scan_category(a.root, a.category)
+    tf = Transform(resize=a.size)
+    train_split = load_split(data, "train", tf)
+    test_split = load_split(data, "test", tf)
+    n_train_full = len(train_split)
+    train_images = train_split.images[:a.max_train]
+    n_test = len(test_split) if a.max_test is None else min(a.max_test, len(test_split))
+    pick = torch.linspace(0, len(test_split) - 1, n_test).round().long()  # evenly spread: good and defective
+    test_images, test_labels = test_split.images[pick], test_split.labels[pick.numpy()]
+    test_masks = test_split.masks[pick] if test_split.masks is not None else None
 
     params: dict[str, object] = {"device": a.device, "checkpoint_dir": a.checkpoint_dir}
-    if a.method == "riad" and a.preset:
-        from flawmap.detectors.riad import PRESETS
+    if a.preset:
+        from flawmap.presets import preset_params
 
-        params.update(PRESETS[a.preset])
+        params.update(preset_params(a.preset, a.method))
+    for kv in a.param:
+        key, _, value = kv.partition("=")
+        params[key] = tuple(v) if isinstance(v := json.loads(value), list) else v
     if a.method == "fastflow" and a.backbone:
         params["backbone"] = a.backbone
     if a.epochs is not None:
@@ -76,28 +94,36 @@ def main(argv: list[str] | None = None) -> int:
     det = get_detector(a.method, **params)
     log.info("%r", det)
 
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
-    det.fit(train_split.images)
+    det.fit(train_images)
     fit_s = time.perf_counter() - t0
     rep = det.train_report
     t0 = time.perf_counter()
-    res = det.predict(test_split.images)
+    res = det.predict(test_images)
     predict_s = time.perf_counter() - t0
-    metrics = evaluate(test_split.labels, res.scores, test_split.masks, res.maps)
-
+    two_classes = len(set(test_labels.tolist())) == 2
+    metrics = evaluate(test_labels, res.scores, test_masks, res.maps) if two_classes else None
+    mean_epoch = _mean(rep.epoch_seconds)
+    n_fit = len(train_images) - round(len(train_images) * getattr(det, "val_fraction", 0.0))  # images per epoch
     out: dict[str, object] = {
         "method": a.method, "category": a.category, "size": a.size, "threads": a.threads, "preset": a.preset,
         "params": det.get_params(), "metrics": metrics, "fit_s": fit_s, "predict_s": predict_s,
-        "predict_s_per_image": predict_s / len(test_split), "epochs_done": rep.epochs_done,
-        "resumed_from": rep.resumed_from, "epoch_s": rep.epoch_seconds, "mean_epoch_s": _mean(rep.epoch_seconds),
+        "predict_s_per_image": predict_s / len(test_images), "epochs_done": rep.epochs_done,
+        "resumed_from": rep.resumed_from, "epoch_s": rep.epoch_seconds, "mean_epoch_s": mean_epoch,
+        "train_images_per_s": n_fit / mean_epoch if mean_epoch else None,
+        "epoch_s_full": mean_epoch * n_train_full / len(train_images) if mean_epoch else None,
+        "best_epoch": rep.best_epoch, "stopped_early": rep.stopped_early,
         "final_train_loss": rep.train_losses[-1] if rep.train_losses else None,
-        "train_losses": rep.train_losses, "n_train": len(train_split), "n_test": len(test_split),
+        "train_losses": rep.train_losses, "val_losses": rep.val_losses,
+        "n_train": len(train_images), "n_train_full": n_train_full, "n_test": len(test_images),
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
     }
     if a.method == "fastflow" and a.compare_cache_epochs > 0:
         slow = get_detector("fastflow", **{**det.get_params(), "cache_features": False,
                                            "epochs": a.compare_cache_epochs, "checkpoint_dir": None})
         t0 = time.perf_counter()
-        slow.fit(train_split.images)
+        slow.fit(train_images)
         slow_epoch = _mean(slow.train_report.epoch_seconds)
         out["nocache_epoch_s"] = slow_epoch
         out["nocache_fit_s"] = time.perf_counter() - t0
@@ -105,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         out["cache_speedup"] = slow_epoch / cached_epoch if slow_epoch and cached_epoch else None
     out["peak_rss_mib"] = peak_rss_mib()
     text = json.dumps(out, indent=2, default=str)
-    print(json.dumps({k: v for k, v in out.items() if k not in ("params", "train_losses", "epoch_s")}, indent=2,
+    print(json.dumps({k: v for k, v in out.items() if k not in ("params", "train_losses", "val_losses", "epoch_s")}, indent=2,
                      default=str))
     if a.out:
         Path(a.out).write_text(text)
