@@ -12,6 +12,8 @@ os.environ.setdefault("FLAWMAP_NO_PROGRESS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 MVTEC_ROOT = Path(os.environ.get("FLAWMAP_MVTEC_ROOT", REPO.parent / "shared" / "data" / "mvtec"))
+#: device of the contract tests' detectors: cpu (default) or cuda[:N] (benchmarks/gpu_check.sh sets it)
+TEST_DEVICE = os.environ.get("FLAWMAP_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")

@@ -148,6 +148,7 @@ def test_patchcore_embed_is_f_agg_then_concat_then_channel_pooling(patch_size: i
     fine = torch.rand(2, 3, 6, 5, generator=g)  # (B, C1, h, w) stride-8 stage
     coarse = torch.rand(2, 4, 3, 3, generator=g)  # (B, C2, h', w') stride-16 stage
     det = PatchCore(patch_size=patch_size, embedding_dim=5)
+    det.agg_padding_ = "valid"  # the brute force leaves outside cells out (the "zeros" rule: tests/detectors/test_patchcore.py)
     emb = det._embed({"layer2": fine, "layer3": coarse})
     assert emb.shape == (2, 6, 5, 5)
     up = torch.nn.functional.interpolate(_f_agg_brute_force(coarse, patch_size), size=(6, 5), mode="bilinear",
@@ -155,5 +156,6 @@ def test_patchcore_embed_is_f_agg_then_concat_then_channel_pooling(patch_size: i
     cat = torch.cat([_f_agg_brute_force(fine, patch_size), up], dim=1).permute(0, 2, 3, 1)  # (B, h, w, 7)
     torch.testing.assert_close(emb, _channel_pool_brute_force(cat, 5), rtol=1e-5, atol=1e-6)
     # without the projection (D >= channels) the concatenated features come out unchanged
-    wide = PatchCore(patch_size=patch_size, embedding_dim=64)._embed({"layer2": fine, "layer3": coarse})
+    det.embedding_dim = 64
+    wide = det._embed({"layer2": fine, "layer3": coarse})
     torch.testing.assert_close(wide, cat, rtol=1e-5, atol=1e-6)

@@ -307,3 +307,15 @@ def test_test_reports_the_rates_of_the_stored_decision(synthetic_root: Path, tmp
     header, _, body = captured.out.strip().splitlines()
     row = dict(zip(header.split(), body.split(), strict=True))
     assert row["false_alarm_rate"] == row["miss_rate"] == "n/a" and "has no calibration" in captured.err
+
+
+def test_fit_aspect_pad_is_stored_and_used_by_predict(folders: dict[str, Path], tmp_path: Path) -> None:
+    """`fit --aspect pad` on mixed-size images (40x40 and 48x36): the model records the letterbox, predict uses it."""
+    from flawmap.data import Transform
+    from flawmap.deploy.predictor import open_predictor
+
+    out = tmp_path / "m"
+    assert main(["fit", "--train", str(folders["good"]), "--out", str(out), "--aspect", "pad", *FAST]) == 0
+    tf = json.loads((out / "config.json").read_text())["extra"]["transform"]
+    assert tf["aspect"] == "pad" and open_predictor(out).transform == Transform.from_dict(tf)
+    assert main(["predict", str(out), str(folders["val_good"]), "--out", str(tmp_path / "o")]) == 0

@@ -13,14 +13,23 @@ from flawmap import get_detector, list_detectors, load_detector
 from flawmap.errors import ConfigError, NotFittedError
 from flawmap.registry import detector_class
 
+from .conftest import TEST_DEVICE
+
 #: the five published methods; the contract tests below run over exactly these
 METHODS = ("fastflow", "padim", "patchcore", "riad", "spade")
 DETECTORS = list_detectors()
 
 
 def make(name: str, **extra: object) -> flawmap.BaseDetector:
-    params = {**detector_class(name).tiny_params(), **extra}
+    params = {**detector_class(name).tiny_params(), "device": TEST_DEVICE, **extra}
     return get_detector(name, **params)
+
+
+def test_detectors_run_on_the_test_device(fitted) -> None:
+    """FLAWMAP_TEST_DEVICE (default cpu) is where every contract check runs."""
+    want = torch.device(TEST_DEVICE)
+    for name, det in fitted.items():
+        assert det.device_.type == want.type, name
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +145,14 @@ def test_pasted_defect_scores_above_clean(name: str, fitted, tiny_data) -> None:
     inside = res.maps[1, 20:36, 24:40].mean()
     assert inside > res.maps[0, 20:36, 24:40].mean()
     assert inside > np.median(res.maps[1])
+
+
+@pytest.mark.parametrize("name", [n for n in DETECTORS if "normalization" in detector_class(n).param_names()])
+def test_backbone_normalization_is_a_parameter(name: str, tiny_data) -> None:
+    assert detector_class(name).default_params()["normalization"] == "weights"
+    with pytest.raises(ConfigError, match="normalization='tf' is not allowed; allowed values: 'weights', 'imagenet'"):
+        make(name, normalization="tf").fit(tiny_data[0].images)
+    det = make(name, normalization="imagenet")
+    det.validate_params()
+    det._setup()
+    assert det._backbone.mean == (0.485, 0.456, 0.406)

@@ -12,7 +12,7 @@ import yaml
 from flawmap import get_detector
 from flawmap.bench.config import load_study
 from flawmap.bench.tune import load_tune_config
-from flawmap.cli import build_parser, load_bench_study, main
+from flawmap.cli import build_parser, load_bench_study, main, tune_config
 from flawmap.data import make_synthetic_mvtec
 from flawmap.errors import ConfigError
 from flawmap.presets import (CPU_QUICK, FAST, PAPER, Preset, get_preset, list_presets, preset_of, preset_params,
@@ -67,6 +67,22 @@ def test_preset_preprocessing_and_explicit_resize_crop(monkeypatch: pytest.Monke
     assert by["patchcore"].params["patch_size"] == 5 and by["padim"].transform().to_dict()["resize"] == 256
     cfg = load_study_from({"methods": ["patchcore"], "preset": "test-big", "resize": 300}, monkeypatch)
     assert cfg[0].transform().to_dict()["resize"] == 300
+
+
+def test_preset_aspect_reaches_every_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flawmap.presets as presets
+
+    tall = Preset("test-tall", "letterboxed", preprocessing={"patchcore": {"aspect": "pad", "crop": 0}})
+    monkeypatch.setitem(presets._PRESETS, tall.name, tall)
+    assert preset_transform("test-tall", "patchcore").to_dict() == {"resize": 256, "crop": None, "aspect": "pad"}
+    assert preset_transform("test-tall", "patchcore", aspect="stretch").aspect == "stretch"  # explicit wins
+    assert "aspect=pad (paper stretch)" in tall.changes("patchcore")
+    specs = load_study_from({"methods": ["patchcore", "padim"], "preset": "test-tall"}, monkeypatch)
+    assert {s.method: s.transform().aspect for s in specs} == {"patchcore": "pad", "padim": "stretch"}
+    specs = load_study_from({"methods": ["patchcore"], "preset": "test-tall", "aspect": "stretch"}, monkeypatch)
+    assert specs[0].transform() == preset_transform(None, "patchcore", crop=0)  # the config's aspect wins
+    args = build_parser().parse_args(["tune", "--method", "patchcore", "--preset", "test-tall"])
+    assert tune_config(args).transform().aspect == "pad"
 
 
 def load_study_from(raw: dict, monkeypatch: pytest.MonkeyPatch, tmp: Path | None = None):

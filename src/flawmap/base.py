@@ -363,7 +363,7 @@ def _check_config_schema(config: dict[str, Any], cfg_path: Path) -> None:
 
         tf = extra["transform"]
         if not isinstance(tf, dict):
-            raise bad("extra.transform", "an object {resize: int, crop: int or null}")
+            raise bad("extra.transform", "an object {resize: int, crop: int or null, aspect: stretch or pad}")
         try:
             Transform.from_dict(tf).validate()
         except (ConfigError, TypeError, ValueError) as exc:

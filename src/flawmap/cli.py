@@ -34,14 +34,25 @@ def _int_at_least(low: int):
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--data", required=required, help="MVTec-layout root folder (<root>/<category>/train/good, test/, ground_truth/)")
+    p.add_argument("--data", required=required, help="MVTec-layout root folder (<root>/<category>/train/good, test/, ground_truth/), "
+                   "or the name of an embedded dataset, generated once: synthetic, synthetic-hard")
     p.add_argument("--resize", type=int, default=None, help="resize images to this size (default: the method's paper setting)")
     p.add_argument("--crop", type=int, default=None, help="center crop after resize (default: the method's paper setting; 0 = no crop)")
+    _add_aspect_arg(p)
+
+
+def _add_aspect_arg(p: argparse.ArgumentParser) -> None:
+    from .data.transform import ASPECTS
+
+    p.add_argument("--aspect", choices=ASPECTS, default=None, help="what the resize does to images whose aspect ratio "
+                   "is not the model input's: stretch (default, the papers') or pad (letterbox: keep the ratio, pad "
+                   "the shorter side with black)")
 
 
 def _add_preset_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, metavar="NAME", help="named per-method hyperparameters and preprocessing "
-                   "(paper, cpu-quick, fast, ...; `flawmap list --presets`); an explicit --param / --resize / --crop wins")
+                   "(paper, cpu-quick, fast, ...; `flawmap list --presets`); an explicit --param / --resize / --crop / "
+                   "--aspect wins")
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
@@ -52,16 +63,17 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default: CUDA when present), cpu or cuda[:N]")
 
 
-def _transform(method: str, resize: int | None, crop: int | None, preset: str | None = None):
+def _transform(method: str, resize: int | None, crop: int | None, preset: str | None = None,
+               aspect: str | None = None):
     from .presets import preset_transform
 
-    return preset_transform(preset, method, resize, crop)
+    return preset_transform(preset, method, resize, crop, aspect)
 
 
 # ---- commands -----------------------------------------------------------------------------------
 def _fit_sources(args: argparse.Namespace):
     """The CalibrationPlan of a `flawmap fit` command line (every folder and count checked, nothing decoded)."""
-    from .data import find_images, scan_category
+    from .data import find_images, resolve_data_root, scan_category
     from .deploy.calibration import DEFAULT_CALIBRATION_FRACTION, plan_calibration
     from .errors import ConfigError
 
@@ -74,7 +86,7 @@ def _fit_sources(args: argparse.Namespace):
     if args.train is not None:
         files = find_images(args.train, "--train")
     else:
-        files = [s.path for s in scan_category(args.data, args.category).train]
+        files = [s.path for s in scan_category(resolve_data_root(args.data), args.category).train]
     fraction = DEFAULT_CALIBRATION_FRACTION if args.calibration_fraction is None else args.calibration_fraction
     return plan_calibration(files, val_good=None if args.val_good is None else find_images(args.val_good, "--val-good"),
                             fraction=fraction, seed=args.seed,
@@ -94,7 +106,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     det.validate_params()
     check_target_fpr(args.target_fpr)
     check_save_target(args.out, overwrite=args.force)  # before the fit: a refused or read-only --out costs nothing
-    tf = _transform(args.method, args.resize, args.crop, args.preset)
+    tf = _transform(args.method, args.resize, args.crop, args.preset, args.aspect)
     plan = _fit_sources(args)
     fitted = fit_calibrated(det, plan, tf, target_fpr=args.target_fpr, skip_bad=args.skip_bad)
     where = {"train": str(args.train)} if args.train is not None else {"data": str(args.data), "category": args.category}
@@ -172,7 +184,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pred = open_predictor(args.model, device=args.device)
     cal = _decision_of(pred, args)
     files = _collect_images(args.inputs)
-    size = tuple(pred.transform.output_size)
+    size = pred.transform.stretched_to()  # None: letterboxed, nothing is distorted
     rows: list[dict[str, Any]] = []
     distorted: list[Path] = []
 
@@ -193,7 +205,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             w.writerows(rows)
 
     atomic_replace_dir(out, build)
-    warn_distorted(distorted, size)
+    if size is not None:
+        warn_distorted(distorted, size)
     if cal is not None:
         print(f"anomalous iff score >= {cal.image_threshold:.6g} (normalized_score >= 0.5; target false-alarm rate "
               f"{100 * cal.target_fpr:g}%, guaranteed {100 * cal.guaranteed_fpr:.1f}%, {cal.source})")
@@ -207,12 +220,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_test(args: argparse.Namespace) -> int:
     from .viz.text import format_table
-    from .data import load_split, scan_category
+    from .data import load_split, resolve_data_root, scan_category
     from .deploy.predictor import open_predictor
     from .metrics import decision_rates, evaluate
 
     pred = open_predictor(args.model, device=args.device)
-    test = load_split(scan_category(args.data, args.category), "test", pred.transform)
+    test = load_split(scan_category(resolve_data_root(args.data), args.category), "test", pred.transform)
     t0 = time.perf_counter()
     scores, maps = pred.raw(test.images.numpy())
     seconds = (time.perf_counter() - t0) / len(test)
@@ -320,7 +333,7 @@ def load_bench_study(args: argparse.Namespace):
         if cfg is not base:
             for attr in ("data", "out", "executor", "workers", "address", "gallery", "feature_cache", "report"):
                 setattr(cfg, attr, getattr(base, attr))
-        for attr in ("preset", "resize", "crop", "max_train"):
+        for attr in ("preset", "resize", "crop", "aspect", "max_train"):
             v = getattr(args, attr)
             if v is not None:
                 setattr(cfg, attr, v)
@@ -333,8 +346,8 @@ def load_bench_study(args: argparse.Namespace):
         if extra_corruptions:
             cfg.corruptions = [*cfg.corruptions, *extra_corruptions]
         _apply_method_overrides(cfg, args, study_mode)
-        for method in cfg.methods:  # a bad resize/crop stops here, before any run
-            _transform(method, cfg.resize, cfg.crop)
+        for method in cfg.methods:  # a bad resize/crop/aspect stops here, before any run
+            _transform(method, cfg.resize, cfg.crop, cfg.preset, cfg.aspect)
         if not cfg.methods:
             del study.experiments[name]
     if not study.experiments:
@@ -381,15 +394,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.executors import make_executor
     from .bench.runner import RunOptions
     from .bench.sweep import run_sweep
-    from .data import ensure_synthetic_dataset
+    from .data import resolve_data_root
+    from .data.synthetic import EMBEDDED_DATASETS
 
     study = load_bench_study(args)
     base = study.base
     for msg in study.skipped:
         print(f"warning: {msg}", file=sys.stderr)
-    data_root = base.data or str(ensure_synthetic_dataset())
+    data_root = str(resolve_data_root(base.data))
     if base.data is None:
         print(f"no --data given: using the embedded synthetic MVTec-layout dataset at {data_root}")
+    elif base.data in EMBEDDED_DATASETS:
+        print(f"--data {base.data}: using the embedded MVTec-layout dataset at {data_root}")
     if base.executor != "local" or (base.workers or 1) > 1:  # workers may run in another folder
         data_root = str(Path(data_root).resolve())
     out = Path(base.out)
@@ -580,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("test", help="evaluate a saved model on a category's test split (AUROC, AUPRO and the "
                        "false-alarm / miss rates of its stored decision)")
     p.add_argument("model", help="model folder written by `flawmap fit`")
-    p.add_argument("--data", required=True, help="MVTec-layout root folder")
+    p.add_argument("--data", required=True, help="MVTec-layout root folder, or an embedded dataset: synthetic, "
+                   "synthetic-hard")
     p.add_argument("--category", required=True, help="category folder under --data")
     p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
     p.set_defaults(func=cmd_test)
@@ -595,11 +612,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="fit + evaluate methods on categories; one results row per run (sweeps, studies)")
     p.add_argument("config", nargs="?", help="optional YAML config (keys: data, categories, methods{name: {params, grid, "
-                   "variants}}, backbones, resize, crop, seeds, max_train, corruptions, clean, out, executor, workers, "
+                   "variants}}, backbones, resize, crop, aspect, seeds, max_train, corruptions, clean, out, executor, workers, "
                    "feature_cache, gallery, report; or a study with experiments: {name: {...}}); flags override it")
     p.add_argument("--study", default=None, metavar="NAME", help="run a study preset: study_NAME.yaml from ./configs or "
                    "the presets shipped with flawmap (e.g. `--study seed`, every experiment of the original study) or a study YAML path")
-    p.add_argument("--data", default=None, help="MVTec-layout root (default: the embedded synthetic dataset, no download)")
+    p.add_argument("--data", default=None, help="MVTec-layout root, or an embedded dataset: synthetic (the default, no download) or synthetic-hard "
+                   "(the hard development benchmark)")
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all under --data)")
     p.add_argument("--methods", default=None, help="comma-separated methods (default without CONFIG/--study: all "
                    "five, patchcore, padim, spade, fastflow, riad, with the cpu-quick presets of flawmap.bench.defaults; "
@@ -618,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "salt_pepper, gaussian_blur, jpeg, brightness_contrast, misalignment")
     p.add_argument("--resize", type=int, default=None, help="resize size (default: each method's paper setting)")
     p.add_argument("--crop", type=int, default=None, help="center crop (default: paper setting; 0 = none)")
+    _add_aspect_arg(p)
     p.add_argument("--max-train", type=_int_at_least(1), default=None, help="use only the first N training images (quick runs)")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
     p.add_argument("--out", default=None, help="output folder for results.sqlite, results.csv, artifacts/ "
@@ -650,10 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="hyperparameter search with Optuna on a validation split drawn from the test set")
     p.add_argument("config", nargs="?", help="optional YAML (keys: method, data, categories, params, search, trials, "
-                   "metric, val_fraction, seed, resize, crop, max_train, out, storage, study_name); flags override it")
+                   "metric, val_fraction, seed, resize, crop, aspect, max_train, out, storage, study_name); flags override it")
     p.add_argument("--method", default=None, help="detector to tune (default: patchcore)")
     _add_preset_arg(p)
-    p.add_argument("--data", default=None, help="MVTec-layout root (default: the embedded synthetic dataset)")
+    p.add_argument("--data", default=None, help="MVTec-layout root, or an embedded dataset: synthetic (the default) or synthetic-hard")
     p.add_argument("--categories", default=None, help="comma-separated categories; the objective is their mean "
                    "(default: the first category under --data)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="fixed hyperparameter, repeatable")
@@ -671,6 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", default=None, help="Optuna study name (default: flawmap-<method>-<categories>)")
     p.add_argument("--resize", type=int, default=None, help="resize size (default: the method's paper setting)")
     p.add_argument("--crop", type=int, default=None, help="center crop (default: paper setting; 0 = none)")
+    _add_aspect_arg(p)
     p.add_argument("--max-train", type=_int_at_least(1), default=None, help="use only the first N training images")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
     p.add_argument("--out", default=None, help="output folder (default: results/tune)")

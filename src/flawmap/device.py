@@ -42,8 +42,13 @@ def one_cpu_thread(device: torch.device | str = "cpu") -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def available_memory_bytes() -> int:
-    """Memory this process may still use: MemAvailable (Linux), else the physical memory."""
+def available_memory_bytes(device: torch.device | str = "cpu") -> int:
+    """Memory this process may still use on ``device``: the free CUDA memory, or on the CPU MemAvailable
+    (Linux), else the physical memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -56,12 +61,14 @@ def available_memory_bytes() -> int:
     return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def check_memory_budget(what: str, need_bytes: int, max_memory_gb: float | None, advice: str) -> None:
+def check_memory_budget(what: str, need_bytes: int, max_memory_gb: float | None, advice: str,
+                        device: torch.device | str = "cpu") -> None:
     """Raise ConfigError before the work starts when ``need_bytes`` exceeds the budget: ``max_memory_gb``,
-    or 90% of the available memory when None. ``what`` says what needs it, ``advice`` what to change."""
-    budget = max_memory_gb * 2**30 if max_memory_gb is not None else 0.9 * available_memory_bytes()
+    or 90% of the available memory of ``device`` when None. ``what`` says what needs it, ``advice`` what to change."""
+    budget = max_memory_gb * 2**30 if max_memory_gb is not None else 0.9 * available_memory_bytes(device)
     if need_bytes > budget:
-        raise ConfigError(f"{what} need ~{need_bytes / 2**30:.1f} GB, above the budget of {budget / 2**30:.1f} GB "
+        where = "" if torch.device(device).type == "cpu" else f" on {device}"
+        raise ConfigError(f"{what} need ~{need_bytes / 2**30:.1f} GB, above the budget of {budget / 2**30:.1f} GB{where} "
                           f"(max_memory_gb, default 90% of the available memory). {advice}")
 
 

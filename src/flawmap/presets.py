@@ -7,7 +7,7 @@
 A preset only records what it changes from a method's paper defaults (``get_detector(name)`` with no
 preset IS the paper); a method the preset does not name runs with its paper settings. An explicit
 parameter always wins: the preset's values are the base and ``--param`` / keyword arguments go on top;
-likewise an explicit ``--resize`` / ``--crop`` wins over the preset's preprocessing.
+likewise an explicit ``--resize`` / ``--crop`` / ``--aspect`` wins over the preset's preprocessing.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ _NOT_SETTINGS = ("device", "seed", "checkpoint_dir")
 @dataclass(frozen=True)
 class Preset:
     """A named set of changes from the papers: ``params[method]`` (hyperparameters) and
-    ``preprocessing[method]`` (keyword arguments of ``flawmap.data.preprocessing``: resize, crop)."""
+    ``preprocessing[method]`` (keyword arguments of ``flawmap.data.preprocessing``: resize, crop, aspect)."""
 
     name: str
     description: str
@@ -41,13 +41,14 @@ class Preset:
 
     def changes(self, method: str) -> str:
         """'epochs=3 (paper 500), resize=320 (paper 256)'; 'paper settings' when it changes nothing."""
+        from .data import Transform
         from .registry import detector_class
 
         cls = detector_class(method)
         defaults = cls.default_params()
+        paper = Transform.from_dict(dict(cls.paper_transform))
         parts = [f"{k}={_text(v)} (paper {_text(defaults[k])})" for k, v in self.params_for(method).items()]
-        parts += [f"{k}={_text(v)} (paper {_text(cls.paper_transform.get(k))})"
-                  for k, v in self.preprocessing_for(method).items()]
+        parts += [f"{k}={_text(v)} (paper {_text(getattr(paper, k))})" for k, v in self.preprocessing_for(method).items()]
         return ", ".join(parts) or "paper settings"
 
 
@@ -100,13 +101,14 @@ def preset_params(preset: str | Preset | None, method: str, params: Mapping[str,
     return {**get_preset(preset).params_for(method), **dict(params or {})}
 
 
-def preset_transform(preset: str | Preset | None, method: str, resize: int | None = None, crop: int | None = None):
-    """The Transform of ``method`` under ``preset``: explicit resize/crop, else the preset's, else the paper's
+def preset_transform(preset: str | Preset | None, method: str, resize: int | None = None, crop: int | None = None,
+                     aspect: str | None = None):
+    """The Transform of ``method`` under ``preset``: explicit resize/crop/aspect, else the preset's, else the paper's
     (``flawmap.data.preprocessing``, the one rule every command uses)."""
     from .data import preprocessing
     from .registry import detector_class
 
-    given = {k: v for k, v in (("resize", resize), ("crop", crop)) if v is not None}
+    given = {k: v for k, v in (("resize", resize), ("crop", crop), ("aspect", aspect)) if v is not None}
     return preprocessing(detector_class(method).paper_transform, **{**get_preset(preset).preprocessing_for(method), **given})
 
 

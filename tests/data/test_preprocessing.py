@@ -76,3 +76,41 @@ def test_bench_yaml_resize_crop_follow_the_same_rule(tmp_path) -> None:
     study = load_bench_study(build_parser().parse_args(["bench", str(cfg)]))
     (spec,) = study.base.expand("unused-root")
     assert spec.transform() == Transform(256, None)
+
+
+@pytest.mark.parametrize("aspect", [None, "stretch", "pad"])
+def test_every_command_gets_the_same_aspect(aspect) -> None:
+    expected = Transform(256, None, aspect or "stretch")
+    flag = ["--aspect", aspect] if aspect else []
+    assert preprocessing(PAPER, None, 0, aspect) == expected
+    assert _transform("patchcore", None, 0, None, aspect) == expected  # fit
+    args = build_parser().parse_args(["fit", "--method", "patchcore", "--train", "x", "--out", "y", "--crop", "0", *flag])
+    assert _transform(args.method, args.resize, args.crop, args.preset, args.aspect) == expected
+    args = build_parser().parse_args(["bench", "--methods", "patchcore,spade", "--categories", "object", "--crop", "0",
+                                      *flag])
+    specs = [s for cfg in load_bench_study(args).experiments.values() for s in cfg.expand("unused-root")]
+    assert {s.transform() for s in specs} == {expected}
+    tune = tune_config(build_parser().parse_args(["tune", "--method", "patchcore", "--crop", "0", *flag]))
+    assert tune.transform() == expected
+
+
+def test_bad_aspect_is_an_error_listing_the_allowed_values(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="aspect='fit' is not allowed; allowed values: 'stretch', 'pad'"):
+        preprocessing(PAPER, aspect="fit")
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text("categories: [object]\nmethods: [patchcore]\naspect: fit\n")
+    with pytest.raises(ConfigError, match="aspect='fit' is not allowed; allowed values: stretch, pad"):
+        load_bench_study(build_parser().parse_args(["bench", str(cfg)]))
+    with pytest.raises(SystemExit):  # argparse: invalid choice, exit code 2
+        build_parser().parse_args(["bench", "--aspect", "fit"])
+
+
+def test_bench_yaml_aspect_and_run_keys_of_stretch_runs_unchanged(tmp_path) -> None:
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text("categories: [object]\nmethods: [patchcore]\naspect: pad\n")
+    (spec,) = load_bench_study(build_parser().parse_args(["bench", str(cfg)])).base.expand("unused-root")
+    assert spec.transform() == Transform(256, 224, "pad")
+    cfg.write_text("categories: [object]\nmethods: [patchcore]\n")
+    (plain,) = load_bench_study(build_parser().parse_args(["bench", str(cfg)])).base.expand("unused-root")
+    assert plain.aspect is None and plain.transform().to_dict() == PAPER  # the run key's transform: as before
+    assert spec.key() != plain.key()

@@ -160,3 +160,16 @@ def test_failed_export_leaves_nothing_and_keeps_the_old_file(model_dirs, exporte
     monkeypatch.setattr(export, "_check", lambda *a: (_ for _ in ()).throw(OutputError("simulated failure")))
     assert main(["export", str(model_dirs("padim")), "-o", str(fresh)]) == 2
     assert not fresh.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("params", [
+    {"backbone": ("efficientnet_lite0", "mobilenet_v2"), "test_rotations": 3},  # quarter turns: rot90
+    {"test_rotations": 1, "train_rotations": 7},  # a 45-degree bank, half turns at test time
+])
+def test_patchcore_rotations_and_ensembles_export(params: dict, tiny_data, tmp_path: Path) -> None:
+    train, test = tiny_data
+    model = fit_and_save("patchcore", train.images[:6], train.images[6:], tmp_path / "m", **params)
+    ref, got = TorchPredictor(model, device="cpu"), open_predictor(export.export_model(model, tmp_path / "m.onnx"))
+    x = test.images[:3].numpy()
+    (s_ref, m_ref), (s_got, m_got) = ref.raw(x), got.raw(x)
+    assert rel_err(s_got, s_ref) < 1e-3 and rel_err(m_got, m_ref) < 1e-3

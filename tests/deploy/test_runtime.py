@@ -121,3 +121,26 @@ def test_metadata_that_does_not_match(change, match: str, exported, tmp_path: Pa
     with pytest.raises(ModelFileError) as exc:
         open_predictor(bad)
     _one_line(exc, bad, match)
+
+
+def test_letterboxed_model_same_arrays_in_predictor_and_runtime(tiny_data, tmp_path: Path) -> None:
+    """A model fitted with aspect "pad": the folder and its ONNX export preprocess non-square images with the one
+    Transform (to_array), record it in their cards, and score alike."""
+    from flawmap.data import Transform
+    from flawmap.deploy.export import export_model
+
+    from .conftest import fit_and_save
+
+    tf = Transform(64, None, "pad")
+    train, test = tiny_data
+    folder = fit_and_save("padim", train.images, test.images[:4], tmp_path / "padim", tf=tf, calibration=False)
+    ref, got = TorchPredictor(folder, device="cpu"), open_predictor(export_model(folder, tmp_path / "padim.onnx"))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((40, 80), (128, 64), (51, 100), (64, 64))]
+    x = got.preprocess(images)
+    np.testing.assert_array_equal(x, ref.preprocess(images))
+    np.testing.assert_array_equal(x, np.stack([tf.to_array(im) for im in images]))
+    assert (x[0][:, :16] == 0).all() and (x[1][:, :, :16] == 0).all()  # the letterbox margins
+    assert got.transform == ref.transform == tf
+    assert got.card["preprocessing"] == ref.card["preprocessing"] == {"resize": 64, "crop": None, "aspect": "pad"}
+    np.testing.assert_allclose(got.raw(x)[0], ref.raw(x)[0], rtol=1e-4)

@@ -49,7 +49,7 @@ def test_defaults_are_the_paper_and_presets_live_in_flawmap_presets():
 @pytest.mark.parametrize("bad,match", [({"image_size": 30}, "multiple of"), ({"grid_sizes": ()}, "grid_sizes"),
                                         ({"grid_sizes": (2, 64)}, r"grid_sizes\[i\]"), ({"n_masks": 1}, "n_masks"),
                                         ({"smoothing": 0}, "smoothing"),
-                                        ({"precision": "fp16"}, "precision must be one of auto, float32, bfloat16")])
+                                        ({"precision": "fp16"}, "precision=.fp16. is not allowed; allowed values: .auto.")])
 def test_bad_params(bad, match, images):
     with pytest.raises(ConfigError, match=match):
         get_detector("riad", **{**TINY, **bad}).fit(images[0][:2])

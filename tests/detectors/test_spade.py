@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from flawmap import get_detector, load_detector
+from flawmap.components import gallery_knn
 from flawmap.components.anomaly_map import anomaly_map
 from flawmap.detectors import spade as spade_mod
 from flawmap.errors import ConfigError
@@ -46,6 +47,14 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(spade_mod, "create_backbone", lambda name, layers, **kw: FakeBackbone(layers))
 
 
+@pytest.fixture(params=["dense", "bf16-filter"])
+def search_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both exact pixel-search paths, whatever this CPU would choose."""
+    monkeypatch.setattr(gallery_knn, "use_bf16_filter", lambda device: request.param == "bf16-filter")
+    monkeypatch.setattr(gallery_knn, "MIN_FILTER_PAIRS", 0)  # the tiny test searches too
+    return request.param
+
+
 def _images(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     base = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(n, 3, 64, 64)
@@ -78,7 +87,7 @@ def brute_force(train: torch.Tensor, test: torch.Tensor, k: int, kappa: int) -> 
 
 # (3, 300, 3000): blocks of one image (256 rows) are smaller than kappa, so partial top-kappa merges are tested
 @pytest.mark.parametrize(("k", "kappa", "chunk"), [(1, 1, 1 << 24), (3, 1, 3000), (4, 5, 700), (3, 300, 3000)])
-def test_matches_brute_force(fake: None, k: int, kappa: int, chunk: int) -> None:
+def test_matches_brute_force(fake: None, search_path: str, k: int, kappa: int, chunk: int) -> None:
     train, test = _images(6, 0), _images(3, 1)
     det = get_detector("spade", layers=("a", "b", "c"), image_layer="top", k=k, kappa=kappa, chunk_size=chunk,
                        sigma=0.0, batch_size=4, device="cpu").fit(train)
@@ -88,18 +97,41 @@ def test_matches_brute_force(fake: None, k: int, kappa: int, chunk: int) -> None
     ref_maps = anomaly_map(torch.from_numpy(ref_patch).float(), (64, 64), 0.0).numpy()
     np.testing.assert_allclose(res.maps, ref_maps, rtol=1e-4, atol=1e-4)
     assert det.grid_ == [16, 16] and det.train_pixel_features_.shape == (6, 256, 12)
+    assert det._index.filter is (search_path == "bf16-filter")
 
 
-def test_k_clamped_with_warning(fake: None, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("kappa", [1, 3])
+def test_ties_match_brute_force(fake: None, search_path: str, kappa: int) -> None:
+    """Duplicated and constant training images: exactly tied gallery features everywhere."""
+    train = _images(5, 0)
+    train[3] = train[1]
+    train[4] = 0.5
+    test = torch.cat([train[1:2], torch.full((1, 3, 64, 64), 0.5), _images(1, 1)])
+    det = get_detector("spade", layers=("a", "b", "c"), image_layer="top", k=3, kappa=kappa, sigma=0.0,
+                       device="cpu").fit(train)
+    res = det.predict(test)
+    ref_scores, ref_patch = brute_force(train, test, 3, kappa)
+    np.testing.assert_allclose(res.scores, ref_scores, rtol=1e-4, atol=1e-5)
+    # distance 0: the dense matmul form gives sqrt(fp32 cancellation) ~ 1e-3 here; the filter's check is direct
+    np.testing.assert_allclose(res.maps, anomaly_map(torch.from_numpy(ref_patch).float(), (64, 64), 0.0).numpy(),
+                               rtol=1e-4, atol=3e-3 if search_path == "dense" else 1e-5)
+
+
+def test_k_clamped_with_warning(fake: None, search_path: str, caplog: pytest.LogCaptureFixture) -> None:
     train, test = _images(5, 0), _images(2, 1)
     with caplog.at_level(logging.WARNING, logger="flawmap.detectors.spade"):
-        det = get_detector("spade", layers=("a", "b", "c"), image_layer="top", sigma=0.0, device="cpu").fit(train)
+        det = get_detector("spade", layers=("a", "b", "c"), image_layer="top", kappa=2, sigma=0.0,
+                           device="cpu").fit(train)
     assert det.k == 50 and det.k_ == 5
     assert "k=50 exceeds the 5 training images" in caplog.text
-    np.testing.assert_allclose(det.predict(test).scores, brute_force(train, test, 5, 1)[0], rtol=1e-4, atol=1e-5)
+    res = det.predict(test)
+    ref_scores, ref_patch = brute_force(train, test, 5, 2)
+    np.testing.assert_allclose(res.scores, ref_scores, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(res.maps, anomaly_map(torch.from_numpy(ref_patch).float(), (64, 64), 0.0).numpy(),
+                               rtol=1e-4, atol=1e-4)
 
 
-def test_smoothing_and_save_load(fake: None, tmp_path) -> None:
+def test_smoothing_and_save_load(fake: None, search_path: str, tmp_path) -> None:
     train, test = _images(6, 0), _images(2, 1)
     det = get_detector("spade", layers=("a", "b", "c"), image_layer="top", k=2, device="cpu").fit(train)
     res = det.predict(test)

@@ -56,7 +56,7 @@ def test_model_card_health_ready_and_openapi(served_model, live_server) -> None:
     m = httpx.get(srv.url + "/v1/model").json()
     assert m["method"] == "patchcore" and m["backbone"] == "efficientnet_lite0"
     assert m["calibration"] == served_model.predictor.calibration.to_dict()
-    assert m["preprocessing"] == {"resize": 64, "crop": None} and m["flawmap_version"]
+    assert m["preprocessing"] == {"resize": 64, "crop": None, "aspect": "stretch"} and m["flawmap_version"]
     assert m["server"]["device"] == "cpu" and m["server"]["max_batch"] == 8
     assert httpx.get(srv.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(srv.url + "/readyz").json() == {"status": "ready"}

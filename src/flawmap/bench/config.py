@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from ..data import list_categories
+from ..data.transform import ASPECTS
 from ..errors import ConfigError
 from ..params import check_param_names
 from ..presets import get_preset
@@ -47,14 +48,17 @@ from .runner import RunSpec
 log = logging.getLogger(__name__)
 
 #: keys that define runs (allowed at the top level and in each experiment of a study)
-RUN_KEYS = ("categories", "methods", "preset", "backbones", "resize", "crop", "seeds", "max_train", "corruptions", "clean")
+RUN_KEYS = ("categories", "methods", "preset", "backbones", "resize", "crop", "aspect", "seeds", "max_train", "corruptions",
+            "clean")
 #: keys about where and how to run (top level only)
 SETTING_KEYS = ("data", "out", "executor", "workers", "address", "feature_cache", "gallery", "report", "name")
-TOP_KEYS = ("data", "categories", "methods", "preset", "backbones", "resize", "crop", "seeds", "max_train", "out",
+TOP_KEYS = ("data", "categories", "methods", "preset", "backbones", "resize", "crop", "aspect", "seeds", "max_train", "out",
             "corruptions", "clean", "executor", "workers", "address", "feature_cache", "gallery", "report", "name")
 STUDY_KEYS = (*TOP_KEYS, "study", "description", "experiments", "method_params")
 EXPERIMENT_KEYS = (*RUN_KEYS, "description")
 METHOD_KEYS = ("params", "grid", "variants")
+#: the keys that are keyword arguments of flawmap.data.preprocessing
+PREPROCESSING_KEYS = ("resize", "crop", "aspect")
 CORRUPTION_KEYS = ("name", "severities", "p", "seed")
 EXECUTORS = ("local", "ray")
 
@@ -83,6 +87,7 @@ class BenchConfig:
     backbones: list[str] | None = None  # swept for methods with a `backbone` parameter not set otherwise
     resize: int | None = None
     crop: int | None = None
+    aspect: str | None = None  # "stretch" or "pad" (flawmap.data.transform); None: the preset's, else the paper's
     seeds: list[int] | None = None  # None = each method's default seed
     max_train: int | None = None
     out: str = "results"
@@ -95,6 +100,11 @@ class BenchConfig:
     gallery: int = 2  # gallery panels per kind (best, worst, borderline) saved per run
     report: str | bool | None = None  # write a report folder after the sweep (True: <out>/report)
     name: str | None = None  # experiment name used to tag the runs
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The preprocessing keywords this config sets (resize, crop, aspect; unset ones left out): they win over
+        the preset's (``flawmap.data.preprocessing`` fills in the paper's)."""
+        return {k: getattr(self, k) for k in PREPROCESSING_KEYS if getattr(self, k) is not None}
 
     def expand(self, data_root: str) -> list[RunSpec]:
         cats = self.categories or list_categories(data_root)
@@ -113,10 +123,9 @@ class BenchConfig:
                             params = {**preset.params_for(name), **mc.params, **variant, **dict(zip(keys, values))}
                             if seed is not None:
                                 params["seed"] = seed
-                            pre = preset.preprocessing_for(name)  # the config's resize / crop win
-                            resize = self.resize if self.resize is not None else pre.get("resize")
-                            crop = self.crop if self.crop is not None else pre.get("crop")
-                            base = RunSpec(name, cat, data_root, _tuples(params), resize, crop, self.max_train)
+                            pre = {**preset.preprocessing_for(name), **self.preprocessing()}  # the config's win
+                            base = RunSpec(name, cat, data_root, _tuples(params), pre.get("resize"), pre.get("crop"),
+                                           self.max_train, aspect=pre.get("aspect"))
                             if self.clean or not self.corruptions:
                                 specs.append(base)
                             for c in self.corruptions:
@@ -288,6 +297,8 @@ def parse_config(raw: dict[str, Any], where: str = "config", *, skip_missing: bo
             raise ConfigError(f"{where}: {exc}") from None
     cfg.resize = _int(f"{where}: resize", cfg.resize, 1)
     cfg.crop = _int(f"{where}: crop", cfg.crop, 0)  # 0 = no crop (flawmap.data.preprocessing)
+    if cfg.aspect is not None and cfg.aspect not in ASPECTS:
+        raise ConfigError(f"{where}: aspect={cfg.aspect!r} is not allowed; allowed values: {', '.join(ASPECTS)}")
     cfg.max_train = _int(f"{where}: max_train", cfg.max_train, 1)
     if not isinstance(cfg.clean, bool):
         raise ConfigError(f"{where}: clean must be true or false; got {cfg.clean!r}")

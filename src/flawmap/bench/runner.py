@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 #: leading columns of the results table; every hyperparameter follows
 FIRST_COLUMNS = (
     "method", "category", "backbone", "image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1",
-    "fit_seconds", "predict_seconds_per_image", "peak_rss_mb", "n_train", "n_test", "resize", "crop",
+    "fit_seconds", "predict_seconds_per_image", "peak_rss_mb", "n_train", "n_test", "resize", "crop", "aspect",
     "corruption", "severity", "p",
 )
 NO_CORRUPTION = "none"
@@ -53,9 +53,10 @@ class RunSpec:
     severity: int = 0  # 1..5 when corruption is set
     p: float = 0.0  # probability that a test image is corrupted
     corruption_seed: int = 0
+    aspect: str | None = None  # None: the paper setting ("stretch"); "pad": letterbox (flawmap.data.transform)
 
     def transform(self) -> Transform:
-        return preprocessing(detector_class(self.method).paper_transform, self.resize, self.crop)
+        return preprocessing(detector_class(self.method).paper_transform, self.resize, self.crop, self.aspect)
 
     def full_params(self) -> dict[str, Any]:
         return {**detector_class(self.method).default_params(), **self.params}
@@ -182,6 +183,7 @@ def run_group(specs: Sequence[RunSpec], splits: SplitCache | None = None,
             "n_test": int(len(test.images)),
             "resize": tf.resize if isinstance(tf.resize, int) else list(tf.resize),
             "crop": tf.crop if tf.crop is None or isinstance(tf.crop, int) else list(tf.crop),
+            "aspect": tf.aspect,
             "corruption": spec.corruption or NO_CORRUPTION,
             "severity": int(spec.severity) if spec.corruption else 0,
             "p": float(spec.p) if spec.corruption else 0.0,

@@ -49,7 +49,7 @@ DEFAULT_SEARCH: dict[str, dict[str, dict[str, Any]]] = {
              "batch_size": {"type": "categorical", "choices": [4, 8, 16]}},
 }
 TUNE_KEYS = ("method", "preset", "data", "categories", "params", "search", "trials", "metric", "val_fraction", "seed", "resize",
-             "crop", "max_train", "out", "storage", "study_name", "feature_cache")
+             "crop", "aspect", "max_train", "out", "storage", "study_name", "feature_cache")
 SPEC_KEYS = ("type", "low", "high", "log", "choices", "step")
 TYPES = ("float", "int", "categorical")
 
@@ -68,6 +68,7 @@ class TuneConfig:
     seed: int = 0
     resize: int | None = None
     crop: int | None = None
+    aspect: str | None = None  # "stretch" or "pad" (flawmap.data.transform); None: the preset's, else the paper's
     max_train: int | None = None
     out: str = "results/tune"
     storage: str | None = None
@@ -76,7 +77,7 @@ class TuneConfig:
 
     def transform(self) -> Transform:
         """The preprocessing of every trial (flawmap.data.preprocessing: unset = the paper setting, crop 0 = none)."""
-        return preset_transform(self.preset, self.method, self.resize, self.crop)
+        return preset_transform(self.preset, self.method, self.resize, self.crop, self.aspect)
 
 
 def parse_search(method: str, raw: Any, where: str = "search") -> dict[str, dict[str, Any]]:
@@ -141,7 +142,7 @@ def parse_search_flag(items: list[str]) -> dict[str, Any]:
 
 #: TuneConfig fields that ``load_tune_config(overrides=...)`` may set (None values are ignored)
 OVERRIDE_KEYS = ("method", "preset", "data", "categories", "trials", "metric", "val_fraction", "seed", "resize", "crop",
-                 "max_train", "out", "storage", "study_name", "feature_cache")
+                 "aspect", "max_train", "out", "storage", "study_name", "feature_cache")
 
 
 def load_tune_config(config: str | Path | None = None, *, overrides: Mapping[str, Any] | None = None,
@@ -199,7 +200,7 @@ def load_tune_config(config: str | Path | None = None, *, overrides: Mapping[str
         raise ConfigError(f"trials must be an integer >= 0; got {cfg.trials!r}")
     if not isinstance(cfg.val_fraction, (int, float)) or not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in (0, 1); got {cfg.val_fraction!r}")
-    cfg.transform()  # a bad resize/crop stops here, before any trial
+    cfg.transform()  # a bad resize/crop/aspect stops here, before any trial
     return cfg
 
 
@@ -259,9 +260,9 @@ def run_tune(cfg: TuneConfig, echo=print) -> dict[str, Any]:
     except ImportError:
         raise ConfigError('flawmap tune needs Optuna: pip install "flawmap[tune]" (or optuna)') from None
     from ..components.features import FeatureCache
-    from ..data import ensure_synthetic_dataset, list_categories
+    from ..data import list_categories, resolve_data_root
 
-    data_root = cfg.data or str(ensure_synthetic_dataset())
+    data_root = str(resolve_data_root(cfg.data))
     cats = cfg.categories or list_categories(data_root)[:1]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

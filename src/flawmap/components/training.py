@@ -20,11 +20,21 @@
   training data) equals the current one.
 * Validation (``val_fraction`` > 0): a seeded split of the training data; its loss is computed
   each epoch with a fixed generator, the best weights are restored at the end, and training stops
-  after ``patience`` epochs without improvement (``patience`` 0: never stops early).
+  after ``patience`` epochs without improvement (``patience`` 0: never stops early). An epoch
+  improves when its validation loss is below ``best - min_delta * |best|`` (``min_delta`` relative,
+  0: any decrease).
+* Precision (``precision``): "float32", or autocast of the loss function to "bfloat16" / "float16"
+  (float16 with dynamic loss scaling, ``torch.amp.GradScaler``, whose state is checkpointed). The
+  model's parameters, the optimiser and the returned loss stay float32; which operations run in the
+  lower precision is the loss function's business (FastFlow: the coupling subnets only).
+  :func:`resolve_precision` is the one rule for "auto".
+* Host syncs: the loss is accumulated on the device; it is read back (and checked to be finite)
+  once per epoch, so a CUDA step never waits for the host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -64,6 +74,30 @@ class TrainSettings:
     patience: int = 0
     checkpoint_dir: str | None = None
     desc: str = "train"
+    min_delta: float = 0.0  # relative improvement of the validation loss that counts (early stopping)
+    precision: str = "float32"  # "float32", "bfloat16" or "float16" (resolve "auto" with resolve_precision)
+
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a training run uses: ``precision`` itself unless "auto", which is bfloat16 on CUDA
+    devices that support it (Ampere and newer), float16 on older CUDA devices, float32 on the CPU (bfloat16
+    is opt-in there: faster only on CPUs with AMX / AVX512-BF16, see the FastFlow docstring)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def autocast(precision: str, device: torch.device) -> Any:
+    """Context manager: autocast to ``precision`` on ``device`` ("float32": autocast off)."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
 
 
 @dataclass
@@ -82,7 +116,7 @@ class TrainReport:
 def check_train_params(det: Any) -> None:
     """Validate the training-loop hyperparameters of a trained detector (FastFlow, RIAD): ``epochs``,
     ``batch_size``, ``lr``, ``val_fraction``, ``patience``, ``seed``, ``checkpoint_dir`` (ConfigError)."""
-    from ..base import check_range
+    from ..base import check_choice, check_range
 
     check_range("epochs", det.epochs, 1, None, integer=True)
     check_range("batch_size", det.batch_size, 1, None, integer=True)
@@ -90,6 +124,9 @@ def check_train_params(det: Any) -> None:
     check_range("val_fraction", det.val_fraction, 0, 0.5)
     check_range("patience", det.patience, 0, None, integer=True)
     check_range("seed", det.seed, 0, 2**63 - 1, integer=True)
+    check_range("min_delta", getattr(det, "min_delta", 0.0), 0, 1)
+    if hasattr(det, "precision"):
+        check_choice("precision", det.precision, PRECISIONS)
     if det.checkpoint_dir is not None and not isinstance(det.checkpoint_dir, str):
         raise ConfigError(f"checkpoint_dir must be None or a folder path string; got {det.checkpoint_dir!r}")
 
@@ -195,7 +232,7 @@ class _Progress:
 
 
 def save_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, st: _Progress,
-                    chash: str, seed: int) -> None:
+                    chash: str, seed: int, scaler: torch.amp.GradScaler | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = _model_tensors(model, "model")
     opt_tensors, opt_meta = _flatten_optimizer(opt)
@@ -213,6 +250,8 @@ def save_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, 
         "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs, "stopped_early": st.stopped_early,
         "optimizer": opt_meta,
     }
+    if scaler is not None:  # float16: the dynamic loss scale (floats and ints only)
+        meta["grad_scaler"] = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in scaler.state_dict().items()}
     atomic_write(folder / CHECKPOINT_JSON, lambda p: p.write_text(json.dumps(meta)))
     for old in folder.glob("ckpt-*.safetensors"):  # tensors files no JSON points to any more
         if old.name != name:
@@ -244,15 +283,17 @@ def read_checkpoint(folder: Path, chash: str) -> tuple[dict[str, Any], dict[str,
 # ---- the loop ----------------------------------------------------------------------------------
 @torch.no_grad()
 def _mean_loss(model: nn.Module, data: Data, idx: torch.Tensor, loss_fn: LossFn, batch_size: int,
-               device: torch.device, seed: int) -> float:
+               device: torch.device, seed: int, precision: str) -> float:
     """Mean loss over rows ``idx`` in eval mode, with the same generator every epoch."""
     model.eval()
     g = epoch_generator(seed, _VAL_STREAM + 1)
-    total = 0.0
+    total = torch.zeros((), device=device)
     for s in range(0, len(idx), batch_size):
         b = idx[s:s + batch_size]
-        total += float(loss_fn(model, take(data, b, device), g)) * len(b)
-    return total / len(idx)
+        with autocast(precision, device):
+            loss = loss_fn(model, take(data, b, device), g)
+        total += loss.detach().float() * len(b)
+    return float(total) / len(idx)
 
 
 def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings, *,
@@ -262,8 +303,14 @@ def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings
     n = data_len(data)
     train_idx, val_idx = split_validation(n, s.val_fraction, s.seed)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    if s.precision not in PRECISIONS[1:]:
+        raise ConfigError(f"precision={s.precision!r}; allowed: {', '.join(PRECISIONS[1:])} (resolve 'auto' first)")
+    scaler = torch.amp.GradScaler(device.type) if s.precision == "float16" else None
+    extra = {k: v for k, v in (("min_delta", s.min_delta), ("precision", s.precision))  # defaults: hash as before
+             if v != getattr(TrainSettings, k)}
     chash = config_hash({**config, "seed": s.seed, "batch_size": s.batch_size, "lr": s.lr,
-                         "weight_decay": s.weight_decay, "val_fraction": s.val_fraction, "patience": s.patience})
+                         "weight_decay": s.weight_decay, "val_fraction": s.val_fraction, "patience": s.patience,
+                         **extra})
     folder = Path(s.checkpoint_dir) if s.checkpoint_dir else None
     st = _Progress()
     ckpt = read_checkpoint(folder, chash) if folder else None
@@ -274,6 +321,8 @@ def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings
         else:
             model.load_state_dict(_strip(tensors, "model"), strict=True)
             opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+            if scaler is not None and "grad_scaler" in meta:
+                scaler.load_state_dict(meta["grad_scaler"])
             best = _strip(tensors, "best")
             st = _Progress(meta["epoch"], meta["train_losses"], meta["val_losses"], meta["best_val_loss"],
                            meta["best_epoch"], meta["bad_epochs"], meta["stopped_early"], best or None)
@@ -291,26 +340,33 @@ def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings
             g = epoch_generator(s.seed, st.epoch)
             order = train_idx[torch.randperm(len(train_idx), generator=g)]
             model.train()
-            total = 0.0
+            total = torch.zeros((), device=device)  # summed on the device: no host sync per step
             for b in range(n_batches):
                 idx = order[b * s.batch_size:(b + 1) * s.batch_size]
-                loss = loss_fn(model, take(data, idx, device), g)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{s.desc}: loss is {float(loss)} at epoch {st.epoch + 1}; lower lr={s.lr}")
+                with autocast(s.precision, device):
+                    loss = loss_fn(model, take(data, idx, device), g)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(idx)
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)  # skipped when the scaled gradients overflowed
+                    scaler.update()
+                total += loss.detach().float() * len(idx)
                 pbar.update(1)
-                pbar.set_postfix(epoch=st.epoch + 1, loss=f"{float(loss.detach()):.4g}")
+            mean = float(total) / len(train_idx)  # the one host sync of the epoch
+            if not math.isfinite(mean):
+                raise FloatingPointError(f"{s.desc}: loss is {mean} in epoch {st.epoch + 1}; lower lr={s.lr}")
+            pbar.set_postfix(epoch=st.epoch + 1, loss=f"{mean:.4g}")
             st.epoch += 1
-            st.train_losses.append(total / len(train_idx))
+            st.train_losses.append(mean)
             msg = f"{s.desc}: epoch {st.epoch}/{s.epochs} loss {st.train_losses[-1]:.5g}"
             if len(val_idx):
-                v = _mean_loss(model, data, val_idx, loss_fn, s.batch_size, device, s.seed)
+                v = _mean_loss(model, data, val_idx, loss_fn, s.batch_size, device, s.seed, s.precision)
                 st.val_losses.append(v)
                 msg += f" val {v:.5g}"
-                if st.best_val is None or v < st.best_val:
+                if st.best_val is None or v < st.best_val - s.min_delta * abs(st.best_val):
                     st.best_val, st.best_epoch, st.bad_epochs = v, st.epoch, 0
                     st.best_state = _strip(_model_tensors(model, "m"), "m")
                 else:
@@ -319,7 +375,7 @@ def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings
             report.epoch_seconds.append(time.perf_counter() - t0)
             log.info("%s (%.1f s)", msg, report.epoch_seconds[-1])
             if folder:
-                save_checkpoint(folder, model, opt, st, chash, s.seed)
+                save_checkpoint(folder, model, opt, st, chash, s.seed, scaler)
     finally:
         pbar.close()
     if st.best_state is not None:  # validation: keep the weights of the best epoch

@@ -16,6 +16,7 @@ _LAZY = {
     "find_images": "loading", "load_files": "loading", "load_folder": "loading", "load_images": "loading",
     "load_split": "loading",
     "default_synthetic_root": "synthetic", "ensure_synthetic_dataset": "synthetic", "make_synthetic_mvtec": "synthetic",
+    "ensure_hard_dataset": "synthetic", "resolve_data_root": "synthetic",
 }
 
 
@@ -28,6 +29,7 @@ __all__ = [
     "Split",
     "Transform",
     "default_synthetic_root",
+    "ensure_hard_dataset",
     "ensure_synthetic_dataset",
     "find_images",
     "list_categories",
@@ -39,5 +41,6 @@ __all__ = [
     "load_split",
     "make_synthetic_mvtec",
     "preprocessing",
+    "resolve_data_root",
     "scan_category",
 ]

@@ -63,11 +63,12 @@ def load_images(paths: Sequence[Path], transform: Transform, *, mask_paths: Sequ
     distorted: list[Path] = []  # list.append is atomic: safe from the loader threads
     grey: list[Path] = []
     bad: dict[int, Path] = {}
+    stretched = transform.stretched_to()  # None: letterboxed ("pad"), nothing is distorted
 
     def work(i: int) -> None:
         p = Path(paths[i])
         try:
-            img = check_image_size(load_image(p), p, (h, w), distorted)
+            img = check_image_size(load_image(p), p, stretched, distorted)
         except DataError:
             if not skip_bad:
                 raise
@@ -90,7 +91,8 @@ def load_images(paths: Sequence[Path], transform: Transform, *, mask_paths: Sequ
             pass
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # on error: drop queued work, re-raise the first failure
-    warn_distorted(sorted(distorted), (h, w))
+    if stretched is not None:
+        warn_distorted(sorted(distorted), stretched)
     if grey:
         _warn_once(f"{len(grey)} ground-truth mask(s) are not binary (more than one nonzero grey level; MVTec "
                    f"masks are 0/255): every nonzero pixel counts as defect: {_names(sorted(grey))}")

@@ -73,10 +73,13 @@ def graph_forward(det: Any) -> Callable[[torch.Tensor], tuple[torch.Tensor, torc
     if det.name == "patchcore":
         from ..components.knn import nearest_dense
 
+        if det._separate:
+            raise ConfigError("a PatchCore ensemble='scores' (one bank per backbone) cannot be exported to ONNX; "
+                              "refit with ensemble='concat' (one bank) to export it")
         bank = det.memory_bank_.detach().cpu()
         bank_sq = bank.pow(2).sum(1)
         nearest = lambda q, k: nearest_dense(q, bank, k, bank_sq)  # noqa: E731
-        return lambda x: det._score(det._backbone(x), tuple(x.shape[-2:]), nearest)
+        return lambda x: det._score(x, nearest, det._backbone)
     if det.name in ("padim", "fastflow"):
         return det._predict
     raise ConfigError(f"method {det.name!r} cannot be exported to ONNX; exportable methods: {', '.join(EXPORTABLE)}")

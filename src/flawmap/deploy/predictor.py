@@ -90,7 +90,7 @@ class TorchPredictor:
         self.detector = load_detector(self.path, device=device)
         self.device = str(self.detector.device_)  # where raw runs (reported by `flawmap serve`)
         self.card = {"method": self.method, "params": cfg["params"], "backbone": cfg["params"].get("backbone"),
-                     "preprocessing": extra["transform"], "input_size": list(self.transform.output_size),
+                     "preprocessing": self.transform.describe(), "input_size": list(self.transform.output_size),
                      "calibration": None if self.calibration is None else self.calibration.to_dict(),
                      "flawmap_version": cfg.get("flawmap_version"), "format": "flawmap-folder"}
 

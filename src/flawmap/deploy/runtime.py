@@ -72,7 +72,7 @@ def _parse(text: str | None, path: Path) -> dict[str, Any]:
                              f"{meta.get('flawmap_version')}) is not supported (this flawmap reads version "
                              f"{FORMAT_VERSION}); export the model again with this version")
     for key, kind, what in (("method", str, "a method name"), ("params", dict, "an object"),
-                            ("transform", dict, "an object {resize, crop}")):
+                            ("transform", dict, "an object {resize, crop, aspect}")):
         if not isinstance(meta.get(key), kind):
             raise ModelFileError(f"{path}: metadata field {key!r} must be {what}; got {meta.get(key)!r:.80}")
     size = meta.get("input_size")
@@ -105,7 +105,7 @@ class OnnxPredictor:
         self.input_size = (int(meta["input_size"][0]), int(meta["input_size"][1]))
         self._check_graph(meta)
         self.card = {"method": self.method, "params": meta["params"], "backbone": meta["params"].get("backbone"),
-                     "preprocessing": meta["transform"], "input_size": list(self.input_size),
+                     "preprocessing": self.transform.describe(), "input_size": list(self.input_size),
                      "calibration": None if self.calibration is None else self.calibration.to_dict(),
                      "flawmap_version": meta.get("flawmap_version"), "format": "onnx",
                      "providers": self.session.get_providers()}

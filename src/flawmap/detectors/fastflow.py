@@ -31,9 +31,10 @@ from torch import nn
 
 from ..base import BaseDetector, check_choice, check_layers, check_range
 from ..components.anomaly_map import upsample
-from ..components.backbones import create_backbone, layers_at_strides, list_backbones
+from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
 from ..components.flows import Flow2d, gaussian_nll
-from ..components.training import TrainSettings, check_train_params, fingerprint, seeded_init, train
+from ..components.training import (TrainSettings, check_train_params, fingerprint, resolve_precision, seeded_init,
+                                   train)
 from ..errors import ConfigError
 from ..registry import register_detector
 
@@ -57,12 +58,17 @@ class FastFlowModel(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Normalised features [(B, C_l, h_l, w_l)] -> ([z_l (B, C_l, h_l, w_l)], NLL (B,) summed over l)."""
-        zs, nll = [], feats[0].new_zeros(feats[0].shape[0])
+        zs, nll = [], feats[0].new_zeros(feats[0].shape[0], dtype=torch.float32)
         for f, w, b, flow in zip(feats, self.norm_weight, self.norm_bias, self.flows):
-            z, logdet = flow(f * w + b)
+            z, logdet = flow(_channels_last(f * w + b))
             zs.append(z)
             nll = nll + gaussian_nll(z, logdet)
         return zs, nll
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """The flows' layout (a no-op when x already has it): oneDNN convolutions skip their reorders."""
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def _normalise(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -73,14 +79,16 @@ def _normalise(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @register_detector("fastflow")
 class FastFlow(BaseDetector):
     def __init__(self, *, backbone: str = "efficientnet_lite2", layers: tuple[str, ...] | None = None,
-                 weights: str = "imagenet", flow_steps: int = 8, hidden_ratio: float | None = None, clamp: float = 2.0,
+                 weights: str = "imagenet", normalization: str = "weights", flow_steps: int = 8,
+                 hidden_ratio: float | None = None, clamp: float = 2.0,
                  anomaly_map: str = "prob", epochs: int = 500, batch_size: int = 32, lr: float = 1e-3,
                  weight_decay: float = 1e-5, cache_features: bool = True, val_fraction: float = 0.0,
-                 patience: int = 0, checkpoint_dir: str | None = None, seed: int = 0,
-                 device: str = "auto") -> None:
+                 patience: int = 0, min_delta: float = 0.0, precision: str = "auto",
+                 checkpoint_dir: str | None = None, seed: int = 0, device: str = "auto") -> None:
         self.backbone = backbone
         self.layers = layers
         self.weights = weights
+        self.normalization = normalization
         self.flow_steps = flow_steps
         self.hidden_ratio = hidden_ratio
         self.clamp = clamp
@@ -92,6 +100,8 @@ class FastFlow(BaseDetector):
         self.cache_features = cache_features
         self.val_fraction = val_fraction
         self.patience = patience
+        self.min_delta = min_delta
+        self.precision = precision
         self.checkpoint_dir = checkpoint_dir
         self.seed = seed
         self.device = device
@@ -103,6 +113,7 @@ class FastFlow(BaseDetector):
     # ---- hooks -------------------------------------------------------------------------------
     def _validate_params(self) -> None:
         check_choice("backbone", self.backbone, list_backbones())
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
         check_layers(self.layers, "the stride 4, 8, 16 layers")
         if not isinstance(self.weights, str):
             raise ConfigError(f"weights must be 'imagenet', 'random' or a checkpoint path; got {self.weights!r}")
@@ -117,7 +128,8 @@ class FastFlow(BaseDetector):
 
     def _setup(self) -> None:
         layers = list(self.layers) if self.layers is not None else layers_at_strides(self.backbone, STRIDES)
-        self._backbone = create_backbone(self.backbone, layers, weights=self.weights, device=self.device)
+        self._backbone = create_backbone(self.backbone, layers, weights=self.weights,
+                                         normalization=self.normalization, device=self.device)
 
     def _ratio(self) -> float:
         return HIDDEN_RATIO[self.backbone] if self.hidden_ratio is None else float(self.hidden_ratio)
@@ -128,7 +140,8 @@ class FastFlow(BaseDetector):
         probe = self._backbone_features(torch.zeros(1, 3, *self.input_size_), cached=False)  # shapes only
         shapes = [tuple(f.shape[1:]) for f in probe.values()]
         self.flow_ = seeded_init(self.seed, lambda: FastFlowModel(
-            shapes, self.flow_steps, self._ratio(), self.clamp, self.seed)).to(self.device_).eval()
+            shapes, self.flow_steps, self._ratio(), self.clamp, self.seed)).to(
+            self.device_, memory_format=torch.channels_last).eval()
 
     def _features(self, images: torch.Tensor, cached: bool = True) -> list[torch.Tensor]:
         """images (B, 3, H, W) -> normalised features [(B, C_l, h_l, w_l)] on the device."""
@@ -140,8 +153,8 @@ class FastFlow(BaseDetector):
         log.info("fastflow: %s layers %s, hidden ratio %.2f, %d flow parameters", self.backbone,
                  list(self._backbone.layers), self._ratio(), sum(p.numel() for p in self.flow_.parameters()))
         if self.cache_features:  # frozen backbone, no augmentation: features once, epochs cost the flows only
-            data: Any = {k: v.to(self.device_) for k, v in _normalise(self._backbone_features(
-                images, batch_size=self.batch_size)).items()}
+            data: Any = {k: _channels_last(v.to(self.device_)) for k, v in _normalise(self._backbone_features(
+                images, batch_size=self.batch_size)).items()}  # row selections keep the layout
 
             def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], g: torch.Generator) -> torch.Tensor:
                 return model(list(batch.values()))[1].mean()  # paper loss, mean over the batch
@@ -153,10 +166,14 @@ class FastFlow(BaseDetector):
                     feats = self._features(batch, cached=False)
                 return model(feats)[1].mean()
 
-        params = {k: v for k, v in self.get_params().items() if k not in ("epochs", "checkpoint_dir", "cache_features", "anomaly_map")}
+        skip = ("epochs", "checkpoint_dir", "cache_features", "anomaly_map", "min_delta", "precision")  # hashed by train
+        params = {k: v for k, v in self.get_params().items() if k not in skip}
+        precision = resolve_precision(self.precision, self.device_)
         settings = TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                  weight_decay=self.weight_decay, seed=self.seed, val_fraction=self.val_fraction,
-                                 patience=self.patience, checkpoint_dir=self.checkpoint_dir, desc="fastflow: train")
+                                 patience=self.patience, min_delta=self.min_delta, precision=precision,
+                                 checkpoint_dir=self.checkpoint_dir, desc="fastflow: train")
+        log.info("fastflow: training in %s (precision=%r)", precision, self.precision)
         report = train(self.flow_, data, loss_fn, settings, device=self.device_,
                        config={"detector": self.name, **params, "data": fingerprint(images)})
         self.flow_.eval()

@@ -19,7 +19,7 @@ import torch
 
 from ..base import BaseDetector, batched, check_choice, check_layers, check_range, seeded_generator
 from ..components.anomaly_map import anomaly_map
-from ..components.backbones import create_backbone, layers_at_strides, list_backbones
+from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
 from ..components.features import concat_layers, finest_grid
 from ..components.gaussian import StreamingGaussian, check_memory, inverse_cholesky_, mahalanobis
 from ..errors import ConfigError
@@ -48,6 +48,7 @@ class PaDiM(BaseDetector):
         backbone: str = "efficientnet_lite2",
         layers: tuple[str, ...] | None = None,  # None: the stride 4, 8, 16 stages (ResNet layer1..3)
         weights: str = "imagenet",
+        normalization: str = "weights",  # input mean/std: "weights" (as the checkpoint was trained) or "imagenet"
         n_features: int | None = None,  # d, random channel subset; None: DEFAULT_N_FEATURES or all channels
         eps: float = 0.01,  # Sigma = cov + eps I
         sigma: float = 4.0,  # Gaussian smoothing of the upsampled map
@@ -58,6 +59,7 @@ class PaDiM(BaseDetector):
         self.backbone = backbone
         self.layers = layers
         self.weights = weights
+        self.normalization = normalization
         self.n_features = n_features
         self.eps = eps
         self.sigma = sigma
@@ -71,6 +73,7 @@ class PaDiM(BaseDetector):
 
     def _validate_params(self) -> None:
         check_choice("backbone", self.backbone, list_backbones())
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
         check_layers(self.layers, "the stride 4, 8, 16 layers")
         if self.n_features is not None:
             check_range("n_features", self.n_features, 1, integer=True)
@@ -81,7 +84,8 @@ class PaDiM(BaseDetector):
 
     def _setup(self) -> None:
         layers = self.layers if self.layers is not None else layers_at_strides(self.backbone, PAPER_STRIDES)
-        self._backbone = create_backbone(self.backbone, tuple(layers), weights=self.weights, device=self.device)
+        self._backbone = create_backbone(self.backbone, tuple(layers), weights=self.weights,
+                                         normalization=self.normalization, device=self.device)
 
     # ---- embedding ------------------------------------------------------------------------------
     def _choose_channels(self, total: int) -> torch.Tensor:

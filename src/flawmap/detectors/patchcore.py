@@ -8,6 +8,22 @@ fit:     locally aware patch features of all good images -> memory bank M (N*h*w
          backbone runs, with a message naming what to change.
 predict: per test patch, s = min_{m in M_C} ||p - m||_2 (patch-grid map, upsampled, Gaussian sigma 4);
          image score s* = max over patches, re-weighted with the b nearest neighbours of m* (eq. 7).
+
+Beyond the paper (all off by default, paper scores unchanged):
+* ``train_rotations=R``: M also holds the patches of every training image rotated by 360 r / (R + 1),
+  r = 1..R (components/rotation.py; patches of the corners that rotate in are dropped), so |M| is up
+  to (R + 1) N h w and ``coreset_ratio`` applies to that enlarged bank (|M_C| grows R + 1 times too).
+* ``test_rotations=R'``: each test image is also scored rotated by 360 r / (R' + 1); every patch's
+  distance is mapped back to its cell of the unrotated grid and s = the MINIMUM over the rotations:
+  a normal patch needs one orientation that matches M, a defect matches M in none, so the minimum
+  removes orientation false alarms and keeps defects (a mean would add the wrong orientations'
+  distances to every normal patch). s*, m_test and m* (eq. 7) are taken where the minimum is attained.
+* ``backbone=("a", "b", ...)``: an ensemble (components/ensemble.py). ``ensemble="concat"``: each
+  backbone's locally aware features (its stride 8 + 16 stages, pooled to at most D) are concatenated per
+  patch into one bank, each block scaled to unit total variance over M (fitted ``block_scale_``).
+  ``ensemble="scores"`` (the PatchCore paper's ensembles): one PatchCore per backbone, each with its own
+  bank; each member's image scores and maps are standardised with the mean / std of its scores and map
+  pixels on the TRAINING images (fitted ``member_stats_``, one more pass over them), then averaged.
 """
 
 from __future__ import annotations
@@ -20,16 +36,22 @@ import torch.nn.functional as F
 
 from ..base import BaseDetector, check_choice, check_layers, check_range, float_batch
 from ..components.anomaly_map import anomaly_map
-from ..components.backbones import create_backbone, list_backbones
+from ..components.backbones import NORMALIZATIONS, create_backbone, list_backbones
 from ..components.coreset import MODES, greedy_coreset
+from ..components.ensemble import block_scales, check_backbones, create_ensemble, member_features
 from ..components.features import concat_layers
 from ..components.knn import NearestNeighborIndex, knn
+from ..components.rotation import cell_map, rotate_images, rotated_size, rotation_angles
 from ..device import check_memory_budget
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelFileError
 from ..progress import progress
 from ..registry import register_detector
 
 log = logging.getLogger(__name__)
+Nearest = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+Features = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+MAX_ROTATIONS = 35  # 10 degree steps
+ENSEMBLES = ("concat", "scores")
 
 
 @register_detector("patchcore")
@@ -41,9 +63,11 @@ class PatchCore(BaseDetector):
     def __init__(
         self,
         *,
-        backbone: str = "efficientnet_lite2",
+        backbone: str | tuple[str, ...] = "efficientnet_lite2",  # a tuple: an ensemble, one concatenated bank
         layers: tuple[str, ...] | None = None,  # None: the stride 8 + 16 stages (ResNet layer2+layer3)
         weights: str = "imagenet",
+        ensemble: str = "concat",  # with several backbones: "concat" (one bank) or "scores" (a bank each, scores averaged)
+        normalization: str = "weights",  # input mean/std: "weights" (as the checkpoint was trained) or "imagenet"
         patch_size: int = 3,  # p: neighbourhood of the local aggregation f_agg
         embedding_dim: int = 1024,  # target dimension of the patch features (adaptive average pooling)
         coreset_ratio: float = 0.1,  # |M_C| / |M| (paper: 0.01, 0.1, 0.25)
@@ -51,6 +75,8 @@ class PatchCore(BaseDetector):
         projection_dim: int = 128,  # d* of the Johnson-Lindenstrauss projection used by the coreset
         num_neighbors: int = 9,  # b in the re-weighting of the image score (eq. 7)
         sigma: float = 4.0,  # Gaussian smoothing of the upsampled map
+        train_rotations: int = 0,  # R: the bank also holds each training image rotated by 360 r / (R + 1)
+        test_rotations: int = 0,  # R': each test image is also scored at 360 r / (R' + 1); min over rotations
         batch_size: int = 8,
         max_memory_gb: float | None = None,  # fit memory budget; None: 90% of the available memory
         seed: int = 0,
@@ -59,6 +85,8 @@ class PatchCore(BaseDetector):
         self.backbone = backbone
         self.layers = layers
         self.weights = weights
+        self.ensemble = ensemble
+        self.normalization = normalization
         self.patch_size = patch_size
         self.embedding_dim = embedding_dim
         self.coreset_ratio = coreset_ratio
@@ -66,13 +94,17 @@ class PatchCore(BaseDetector):
         self.projection_dim = projection_dim
         self.num_neighbors = num_neighbors
         self.sigma = sigma
+        self.train_rotations = train_rotations
+        self.test_rotations = test_rotations
         self.batch_size = batch_size
         self.max_memory_gb = max_memory_gb
         self.seed = seed
         self.device = device
 
     def _validate_params(self) -> None:
-        check_choice("backbone", self.backbone, list_backbones())
+        check_backbones(self.backbone, self.layers, self.weights, list_backbones())
+        check_choice("ensemble", self.ensemble, ENSEMBLES)
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
         check_layers(self.layers, "the stride 8 and 16 layers")
         check_range("patch_size", self.patch_size, 1, 15, integer=True)
         if self.patch_size % 2 == 0:
@@ -85,34 +117,86 @@ class PatchCore(BaseDetector):
         check_range("projection_dim", self.projection_dim, 1, integer=True)
         check_range("num_neighbors", self.num_neighbors, 1, integer=True)
         check_range("sigma", self.sigma, 0.0)
+        check_range("train_rotations", self.train_rotations, 0, MAX_ROTATIONS, integer=True)
+        check_range("test_rotations", self.test_rotations, 0, MAX_ROTATIONS, integer=True)
         check_range("batch_size", self.batch_size, 1, integer=True)
         check_range("seed", self.seed, 0, integer=True)
 
+    @property
+    def _separate(self) -> bool:
+        """True for the "scores" ensemble: the members are whole PatchCores (``_members``)."""
+        return isinstance(self.backbone, (tuple, list)) and self.ensemble == "scores"
+
     def _setup(self) -> None:
-        self._backbone = create_backbone(self.backbone, self.layers, weights=self.weights, device=self.device)
+        if self._separate:  # derived from the parameters; their learned state is saved under "members/<i>/"
+            self._members = [PatchCore(**{**self.get_params(), "backbone": b, "ensemble": "concat"}) for b in self.backbone]
+            for m in self._members:
+                m._setup()
+        elif isinstance(self.backbone, (tuple, list)):
+            self._backbone = create_ensemble(self.backbone, weights=self.weights, normalization=self.normalization,
+                                             device=self.device)
+        else:
+            self._backbone = create_backbone(self.backbone, self.layers, weights=self.weights,
+                                             normalization=self.normalization, device=self.device)
 
     # ---- locally aware patch features ---------------------------------------------------------
-    def _embed(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        """{layer: (B, C_l, h_l, w_l)} -> patch features (B, h, w, D) on the finest grid (h, w)."""
+    def _embed_member(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """One backbone's [(B, C_l, h_l, w_l)] -> its patch features (B, D_b, h, w) on its finest grid."""
         p = self.patch_size
-        # f_agg: average over the p x p neighbourhood of each position (stride 1, same size), per layer
-        agg = [F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=False) if p > 1 else f
-               for f in feats.values()]
-        x = concat_layers(agg, "bilinear").permute(0, 2, 3, 1)  # (B, h, w, sum C_l)
-        if x.shape[-1] > self.embedding_dim:  # projection to D by adaptive average pooling over channels
-            b, h, w, c = x.shape
-            x = F.adaptive_avg_pool1d(x.reshape(-1, 1, c), self.embedding_dim).reshape(b, h, w, -1)
-        return x.contiguous()
+        # f_agg: average over the p x p neighbourhood of each position (stride 1, same size), per layer. Cells
+        # outside the map count as zeros, as in the reference code (a zero-padded unfold, then the mean);
+        # models saved before this rule average only the cells inside (agg_padding_ "valid")
+        zeros = self.agg_padding_ == "zeros"
+        agg = [F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=zeros) if p > 1 else f for f in feats]
+        x = concat_layers(agg, "bilinear")  # (B, sum C_l, h, w)
+        if x.shape[1] > self.embedding_dim:  # projection to D by adaptive average pooling over channels
+            b, c, h, w = x.shape
+            x = F.adaptive_avg_pool1d(x.permute(0, 2, 3, 1).reshape(-1, 1, c), self.embedding_dim)
+            x = x.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        return x
+
+    def _embed(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{layer: (B, C_l, h_l, w_l)} -> patch features (B, h, w, D) on the finest grid (h, w). An ensemble:
+        the members' blocks (B, D_b, h, w) on the first member's grid, times ``block_scale_`` (K,) once fitted
+        (unscaled while the bank is built), concatenated."""
+        blocks = [self._embed_member(g) for g in member_features(feats)]
+        if len(blocks) > 1 and hasattr(self, "block_scale_"):
+            blocks = [blk * s for blk, s in zip(blocks, self.block_scale_.tolist())]
+        x = concat_layers(blocks, "bilinear", size=tuple(blocks[0].shape[-2:])) if len(blocks) > 1 else blocks[0]
+        return x.permute(0, 2, 3, 1).contiguous()
 
     def _fit(self, images: torch.Tensor) -> None:
+        if self._separate:
+            stats = []
+            for m in self._members:
+                r = m.use_feature_cache(self.feature_cache).fit(images).predict(images)  # training scores and maps
+                stats.append([r.scores.mean(), r.scores.std() + 1e-12, r.maps.mean(), r.maps.std() + 1e-12])
+            self.member_stats_ = torch.tensor(stats, dtype=torch.float32)  # (K, 4): score mean, std, map mean, std
+            return
         n, bs = len(images), self.batch_size
-        first = self._embed(self._backbone_features(float_batch(images[:1])))  # (1, h, w, D)
-        _, h, w, d = first.shape
-        self._check_memory(n, h * w, d)
-        bank = torch.empty(n * h * w, d)  # M (N*h*w, D), filled batch by batch
+        self.agg_padding_ = "zeros"  # f_agg border rule (see _embed), saved with the model
+        size = tuple(images.shape[-2:])
+        angles = [0.0, *rotation_angles(self.train_rotations)]
+        probe = self._backbone_features(float_batch(images[:1]))
+        dims = [self._embed_member(g).shape[1] for g in member_features(probe)]  # D_b per backbone
+        _, h, w, d = self._embed(probe).shape  # (1, h, w, D)
+        self._check_memory(n, h * w, d, len(angles))
+        bank = torch.empty(n * len(angles) * h * w, d)  # M (N*(R+1)*h*w, D), filled batch by batch
+        fill = 0
         for s in progress(range(0, n, bs), desc="patchcore: features", total=-(-n // bs), unit="batch"):
-            emb = self._embed(self._backbone_features(float_batch(images[s:s + bs]), batch_size=bs))
-            bank[s * h * w:(s + len(emb)) * h * w] = emb.reshape(-1, d)
+            x = float_batch(images[s:s + bs])
+            for angle in angles:  # the batch at every orientation; only cells with real content are kept
+                emb = self._embed(self._backbone_features(rotate_images(x, angle), batch_size=bs))
+                b, hr, wr, _ = emb.shape
+                keep = cell_map((hr, wr), rotated_size(size, angle), (h, w), -angle) >= 0
+                rows = emb.reshape(b, hr * wr, d)[:, keep].reshape(-1, d)
+                bank[fill:fill + len(rows)] = rows
+                fill += len(rows)
+        bank = bank[:fill]
+        if len(dims) > 1:  # each member's block to unit total variance, in place
+            self.block_scale_ = block_scales(bank, dims)
+            for blk, sc in zip(torch.split(bank, dims, dim=1), self.block_scale_.tolist()):
+                blk.mul_(sc)
         idx = greedy_coreset(bank.to(self.device_), self.coreset_ratio, projection_dim=self.projection_dim,
                              seed=self.seed, mode=self.coreset_mode)
         self.memory_bank_ = bank[idx].to(self.device_)  # M_C (k, D)
@@ -120,12 +204,13 @@ class PatchCore(BaseDetector):
         log.info("patchcore: memory bank %d -> coreset %d patches of dim %d", len(bank), len(idx), d)
         self._build_index()
 
-    def _check_memory(self, n: int, patches: int, dim: int) -> None:
+    def _check_memory(self, n: int, patches: int, dim: int, copies: int = 1) -> None:
         """Refuse, before the backbone runs, a bank that does not fit the memory budget."""
-        m = n * patches
+        m = n * copies * patches
         need = m * (4 * dim + 4 * min(dim, self.projection_dim) + 40) + (1 << 26)  # M, psi, indices, temporaries
+        rot = f" x {copies} orientations (train_rotations)" if copies > 1 else ""
         check_memory_budget(
-            f"patchcore: {n} training images x {patches} patches = {m} patches of dim {dim} (memory bank and "
+            f"patchcore: {n} training images{rot} x {patches} patches = {m} patches of dim {dim} (memory bank and "
             f"its coreset projection)", need, self.max_memory_gb,
             "Use fewer training images (--max-train), a lower resolution (--resize/--crop) or a smaller "
             "embedding_dim; a smaller coreset_ratio or coreset_mode='approx' shortens the coreset but not this peak.")
@@ -136,8 +221,28 @@ class PatchCore(BaseDetector):
         bank = self.memory_bank_
         self._index = NearestNeighborIndex(bank) if bank.device.type == "cpu" and len(bank) >= 4096 else None
 
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        own = super().state_tensors()
+        members = getattr(self, "_members", []) if self._separate else []
+        return {**own, **{f"members/{i}/{k}": t for i, m in enumerate(members) for k, t in m.state_tensors().items()}}
+
+    def state_meta(self) -> dict[str, object]:
+        own = super().state_meta()
+        return {**own, "members_": [m.state_meta() for m in self._members]} if self._separate else own
+
     def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, object]) -> None:
-        super()._load_state(tensors, meta)
+        if self._separate:
+            members_meta = meta.pop("members_", None)
+            if not isinstance(members_meta, list) or len(members_meta) != len(self._members):
+                raise ModelFileError(f"a scores ensemble of {len(self._members)} backbones needs state 'members_' "
+                                     f"with one entry each; got {members_meta!r}")
+            for i, (m, mm) in enumerate(zip(self._members, members_meta)):
+                prefix = f"members/{i}/"
+                m._load_state({k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}, dict(mm))
+                m.fitted_ = True
+            super()._load_state({k: t for k, t in tensors.items() if not k.startswith("members/")}, meta)
+            return
+        super()._load_state(tensors, {"agg_padding_": "valid", **meta})  # model files without it were fitted with "valid"
         self._build_index()
 
     def _nearest(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,26 +250,44 @@ class PatchCore(BaseDetector):
         return self._index.search(q, k) if self._index is not None else knn(q, self.memory_bank_, k)
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self._backbone_features(images, device=self.device_)
-        return self._score(feats, tuple(images.shape[-2:]), self._nearest)
+        if self._separate:  # mean of the members' standardised scores and maps
+            outs = [m.use_feature_cache(self.feature_cache)._predict(images) for m in self._members]
+            st = self.member_stats_.tolist()
+            return (torch.stack([(o[0].cpu() - a) / b for o, (a, b, _, _) in zip(outs, st)]).mean(0),
+                    torch.stack([(o[1].cpu() - c) / d for o, (_, _, c, d) in zip(outs, st)]).mean(0))
+        return self._score(images, self._nearest, lambda x: self._backbone_features(x, device=self.device_))
 
-    def _score(self, feats: dict[str, torch.Tensor], size: tuple[int, int],
-               nearest: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone features {layer: (B, C_l, h_l, w_l)} -> scores (B,), maps (B, H, W) for images of ``size``.
+    def _score(self, images: torch.Tensor, nearest: Nearest, features: Features) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 3, H, W) -> scores (B,), maps (B, H, W); ``features(x)`` -> {layer: (B, C_l, h_l, w_l)}.
 
         ``nearest(q (Q, D), k) -> (dists (Q, k), idx (Q, k))`` searches M_C: the pruned index or the chunked
         ``knn`` in ``_predict``, the dense ``knn.nearest_dense`` in an ONNX export (gathers, no Python loop
         over the batch, so the traced graph takes any batch size).
         """
-        bank = self.memory_bank_
-        emb = self._embed(feats)
-        b, h, w, d = emb.shape
-        q = emb.reshape(-1, d).to(bank.device)
-        dist, nn_idx = nearest(q, 1)  # s per patch: (B*h*w, 1)
-        patch = dist.view(b, h * w)
+        bank, size = self.memory_bank_, tuple(images.shape[-2:])
+        qs, dists, nns, cells, offset = [], [], [], [], 0
+        for r, angle in enumerate([0.0, *rotation_angles(self.test_rotations)]):
+            emb = self._embed(features(rotate_images(images, angle)))  # (B, h_r, w_r, D)
+            b, hr, wr, d = emb.shape
+            if r == 0:
+                h, w = hr, wr  # the unrotated grid
+            q = emb.reshape(-1, d).to(bank.device)
+            dist, nn_idx = nearest(q, 1)  # s per patch: (B*h_r*w_r, 1)
+            cm = cell_map((h, w), size, (hr, wr), angle)  # unrotated cell -> its cell in this rotation (-1: none)
+            qs.append(q.view(b, hr * wr, d))
+            dists.append(dist.view(b, hr * wr))
+            nns.append(nn_idx.view(b, hr * wr))
+            cells.append(torch.where(cm >= 0, cm + offset, -1))
+            offset += hr * wr
+        q, dist, nn_idx, idx = torch.cat(qs, 1), torch.cat(dists, 1), torch.cat(nns, 1), torch.stack(cells)  # idx (R'+1, h*w)
+        if bool((idx < 0).any()):  # cells a rotation does not see point at a column of +inf
+            dist, idx = F.pad(dist, (0, 1), value=float("inf")), torch.where(idx >= 0, idx, offset)
+        patch, r_star = dist[:, idx].min(dim=1)  # s per unrotated patch (B, h*w): the best orientation
+        cell = idx.gather(0, r_star)  # (B, h*w): the cell where it was attained
         s_star, arg = patch.max(dim=1)  # s* and the index of m_test,* per image
-        m_test = q.view(b, h * w, d).gather(1, arg.view(-1, 1, 1).expand(-1, 1, d)).squeeze(1)  # (B, D)
-        m_star = bank[nn_idx.view(b, h * w).gather(1, arg.view(-1, 1)).squeeze(1)]  # (B, D)
+        at = cell.gather(1, arg.view(-1, 1))  # (B, 1)
+        m_test = q.gather(1, at.view(-1, 1, 1).expand(-1, 1, d)).squeeze(1)  # (B, D)
+        m_star = bank[nn_idx.gather(1, at).squeeze(1)]  # (B, D)
         # eq. 7: w = 1 - exp||m_test - m*|| / sum_{m in N_b(m*)} exp||m_test - m||
         k = min(self.num_neighbors, len(bank))
         _, nb = nearest(m_star, k)  # N_b(m*) (B, b)

@@ -17,7 +17,7 @@ import numpy as np
 from .text import format_label, format_value
 
 METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
-SETTINGS = ("resize", "crop", "max_train")
+SETTINGS = ("resize", "crop", "aspect", "max_train")
 IGNORED = {"device", "checkpoint_dir", "seed"}
 CLEAN = (None, "", "none")
 COMPARISON = "comparison"

@@ -1,0 +1,34 @@
+"""benchmarks/gpu_check.sh in its CI-sized form (--device cpu --small, synthetic data): so the GPU check
+script cannot rot between the rare runs on a CUDA machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+
+@pytest.mark.timeout(300)
+def test_gpu_check_small_on_cpu(tmp_path) -> None:
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHON": sys.executable, "FLAWMAP_NO_PROGRESS": "1"}
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out), "--device", "cpu", "--small", "--no-install",
+         "--contract-k", "test_all_methods_registered", "--data", "synthetic"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "gpu_check.json").read_text())
+    assert result["contract"].startswith("passed on cpu: 1 passed")
+    runs = {r["method"]: r for r in result["runs"]}
+    assert sorted(runs) == ["fastflow", "padim", "patchcore", "riad", "spade"]
+    for name, r in runs.items():
+        assert r["device"] == "cpu" and r["fit_s"] > 0 and r["predict_ms_per_image"] > 0, r
+        assert 0 <= r["image_auroc"] <= 1 and 0 <= r["pixel_auroc"] <= 1 and 0 <= r["aupro"] <= 1, r
+    assert runs["fastflow"]["epochs"] == runs["riad"]["epochs"] == 1 and runs["riad"]["s_per_epoch"] > 0
+    table = (out / "gpu_check.md").read_text()
+    assert "| method | device | epochs | fit s | s/epoch | predict ms/image |" in table and "| spade | cpu |" in table
