@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override the epochs (default: detector/preset)")
     p.add_argument("--preset", default=None, help="flawmap.presets name: paper, cpu-quick, fast")
     p.add_argument("--param", action="append", default=[], metavar="K=V",
-                   help="hyperparameter on top of the preset (JSON value), e.g. --param base_channels=16")
+                   help="hyperparameter on top of the preset (JSON value or a bare string), e.g. --param base_channels=16")
     p.add_argument("--max-train", type=int, default=None, help="train on the first N training images only")
     p.add_argument("--max-test", type=int, default=None, help="predict N evenly spread test images only")
     p.add_argument("--backbone", default=None, help="FastFlow backbone (default: the detector's)")
@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         params.update(preset_params(a.preset, a.method))
     for kv in a.param:
         key, _, value = kv.partition("=")
-        params[key] = tuple(v) if isinstance(v := json.loads(value), list) else v
+        try:
+            v = json.loads(value)
+        except ValueError:  # a bare word: a string
+            v = value
+        params[key] = tuple(v) if isinstance(v, list) else v
     if a.method == "fastflow" and a.backbone:
         params["backbone"] = a.backbone
     if a.epochs is not None:
