@@ -71,26 +71,3 @@ def check_memory_budget(what: str, need_bytes: int, max_memory_gb: float | None,
         raise ConfigError(f"{what} need ~{need_bytes / 2**30:.1f} GB, above the budget of {budget / 2**30:.1f} GB{where} "
                           f"(max_memory_gb, default 90% of the available memory). {advice}")
 
-
-PRECISIONS = ("auto", "float32", "bfloat16")
-
-
-def bf16_is_fast(device: torch.device | str) -> bool:
-    """True where bfloat16 matrix arithmetic is native: CUDA with bf16 support (Ampere and later), or a
-    CPU with AMX-BF16 tiles (Sapphire Rapids and later; oneDNN then runs convolutions ~2.5x faster than
-    float32). Elsewhere bfloat16 is emulated and slower than float32."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x; absent: assume not
-    return dev.type == "cpu" and bool(amx and amx())
-
-
-def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
-    """The autocast dtype of a network for ``precision`` ('auto': bfloat16 where :func:`bf16_is_fast`,
-    else float32; 'float32'; 'bfloat16') on ``device``; None means no autocast (float32)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if precision == "float32" or (precision == "auto" and not bf16_is_fast(device)):
-        return None
-    return torch.bfloat16

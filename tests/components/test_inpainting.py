@@ -117,8 +117,20 @@ def test_grouped_inpainting_equals_one_partition_at_a_time():
         for chunk in (None, 4, 27):
             torch.testing.assert_close(ip.inpaint(net, x, parts[None], chunk=chunk), ref, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(ip.inpaint(net, x, parts[1]), ref[:, 1], rtol=1e-5, atol=1e-6)
-        low = ip.inpaint(net, x, parts[None], dtype=torch.bfloat16)  # U-Net in bf16, assembly in float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # U-Net in bf16, assembly in float32
+            low = ip.inpaint(net, x, parts[None])
         assert low.dtype == torch.float32 and (low - ref).abs().max() < 0.05
+
+
+def test_loss_terms_stay_float32_under_autocast():
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
+    ref = ip.riad_loss(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = ip.riad_loss(x, y.bfloat16())
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, ip.riad_loss(x, y.bfloat16().float()))  # only the input was rounded
+    assert abs(float(low - ref)) < 1e-2
 
 
 def test_fold_batchnorm_is_the_eval_network():

@@ -87,3 +87,5 @@ def test_bfloat16_predict_close_to_float32(images):
     low = det.predict(test.images)
     assert np.abs(low.maps - ref.maps).max() < 0.05 * ref.maps.max()
     assert np.corrcoef(low.scores, ref.scores)[0, 1] > 0.9
+    bf = get_detector("riad", **{**TINY, "precision": "bfloat16"}).fit(train)  # trained under autocast
+    assert all(np.isfinite(bf.train_losses_)) and abs(bf.train_losses_[0] - det.train_losses_[0]) < 0.05

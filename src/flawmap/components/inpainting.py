@@ -14,14 +14,14 @@ time is the U-Net's own convolutions (|K| n forward passes per test image), so t
 memory layout and the arithmetic precision, not the loss: the U-Net runs channels_last (1.4-1.6x in
 fp32 on oneDNN), optionally under bfloat16 autocast (AMX / tensor cores, another ~2.5x), and at test
 time with BatchNorm folded into the convolutions. SSIM and MSGMS blur / differentiate all their
-operands in one call. Everything outside the U-Net (masking, assembly, losses, maps) is float32.
+operands in one call (the blur is a banded matrix product, flawmap.filters). Under autocast only the
+U-Net runs in the lower precision: the assembly of I_r and the loss terms are float32.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -104,14 +104,13 @@ def grid_masks(batch: int, size: tuple[int, int], cell: int, n: int, generator: 
     return masks[:, :, :h, :w]
 
 
-def inpaint(net: nn.Module, x: torch.Tensor, masks: torch.Tensor, *, chunk: int | None = None,
-            dtype: torch.dtype | None = None) -> torch.Tensor:
+def inpaint(net: nn.Module, x: torch.Tensor, masks: torch.Tensor, *, chunk: int | None = None) -> torch.Tensor:
     """I_r = sum_i f(I * (1 - M_i)) * M_i for one partition or G partitions at once.
 
     x (B, 3, H, W); masks (n, H, W) or (B|1, n, H, W) -> I_r (B, 3, H, W); masks (B|1, G, n, H, W)
     (G partitions, e.g. one per cell size k) -> (B, G, 3, H, W). The B G n masked copies go through
-    ``net`` in batches of ``chunk`` (None: one batch); ``dtype`` (e.g. torch.bfloat16): the network
-    runs under autocast to it, the assembly is float32.
+    ``net`` in batches of ``chunk`` (None: one batch). Under autocast (the caller's) the network runs in
+    the lower precision; its output is cast back and assembled in float32.
     """
     grouped = masks.dim() == 5
     m = masks if grouped else masks.reshape(-1, 1, *masks.shape[-3:])  # (B|1, G, n, H, W)
@@ -119,9 +118,7 @@ def inpaint(net: nn.Module, x: torch.Tensor, masks: torch.Tensor, *, chunk: int 
     m = m.to(x).expand(b, g, n, *x.shape[-2:]).unsqueeze(3)  # (B, G, n, 1, H, W)
     inputs = (x[:, None, None] * (1 - m)).flatten(0, 2)  # (B G n, 3, H, W)
     step = chunk or len(inputs)
-    ctx = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
-    with ctx:
-        out = torch.cat([net(inputs[i:i + step]) for i in range(0, len(inputs), step)])
+    out = torch.cat([net(inputs[i:i + step]) for i in range(0, len(inputs), step)])
     out = (out.float().view(b, g, n, *x.shape[1:]) * m).sum(2)  # (B, G, 3, H, W)
     return out if grouped else out[:, 0]
 
@@ -175,9 +172,12 @@ def msgms_map(x: torch.Tensor, y: torch.Tensor, scales: int = 4) -> torch.Tensor
 
 
 def riad_loss(x: torch.Tensor, recon: torch.Tensor, ssim_weight: float = 1.0, gms_weight: float = 1.0) -> torch.Tensor:
-    """L = L2(I, I_r) + lambda_S (1 - mean SSIM) + lambda_G mean MSGMS (paper: lambda_S = lambda_G = 1)."""
-    l2 = F.mse_loss(recon, x)
-    return l2 + ssim_weight * (1 - ssim_map(x, recon).mean()) + gms_weight * msgms_map(x, recon).mean()
+    """L = L2(I, I_r) + lambda_S (1 - mean SSIM) + lambda_G mean MSGMS (paper: lambda_S = lambda_G = 1),
+    always in float32 (autocast off: the blur and Prewitt products would otherwise run in bf16 / fp16)."""
+    with torch.autocast(x.device.type, enabled=False):
+        x, recon = x.float(), recon.float()
+        l2 = F.mse_loss(recon, x)
+        return l2 + ssim_weight * (1 - ssim_map(x, recon).mean()) + gms_weight * msgms_map(x, recon).mean()
 
 
 def mean_filter(maps: torch.Tensor, size: int) -> torch.Tensor:

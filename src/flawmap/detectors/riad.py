@@ -13,9 +13,11 @@ The U-Net width (64 channels at full resolution, 4 poolings) is the standard U-N
 exact widths are not reproduced here. Mean filter 21 px at 256 px.
 
 Speed: the U-Net is the cost (|K| n = 12 forward passes per test image, n = 3 forward + backward
-passes per training image). ``precision="auto"`` runs it under bfloat16 autocast where that is native
-(CUDA with bf16, CPUs with AMX), float32 elsewhere; losses and maps are always float32. At test
-time all |K| partitions go through one batched call with BatchNorm folded into the convolutions.
+passes per training image). ``precision`` ("auto": flawmap.components.training.resolve_precision, the
+one rule: bfloat16 / float16 on CUDA, float32 on the CPU; "bfloat16" explicitly on a CPU with AMX: about
+2.5-3x faster) autocasts the U-Net only, in training and at test time; the assembly of I_r, the losses
+and the maps are float32. At test time all |K| partitions go through one batched call with BatchNorm
+folded into the convolutions.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from torch import nn
 from ..base import BaseDetector, check_range
 from ..components.anomaly_map import upsample
 from ..components.inpainting import UNet, fold_batchnorm, grid_masks, inpaint, mean_filter, msgms_map, riad_loss
-from ..components.training import TrainSettings, check_train_params, fingerprint, seeded_init, train
-from ..device import autocast_dtype
+from ..components.training import (TrainSettings, autocast, check_train_params, fingerprint, resolve_precision,
+                                   seeded_init, train)
 from ..errors import ConfigError
 from ..registry import register_detector
 
@@ -88,8 +90,7 @@ class RIAD(BaseDetector):
         check_range("ssim_weight", self.ssim_weight, 0, None)
         check_range("gms_weight", self.gms_weight, 0, None)
         check_range("smoothing", self.smoothing, 1, self.image_size, integer=True)
-        check_train_params(self)
-        autocast_dtype(self.precision, "cpu")  # ConfigError listing the allowed values
+        check_train_params(self)  # also precision
 
     def _build_modules(self) -> None:
         # eval mode: BatchNorm uses its running statistics unless the training loop switches it
@@ -117,17 +118,20 @@ class RIAD(BaseDetector):
         log.info("riad: %d images at %d px, U-Net with %d parameters", len(images), self.image_size,
                  sum(p.numel() for p in self.net_.parameters()))
         data = torch.cat([_resize(images[i:i + 64], self.image_size) for i in range(0, len(images), 64)])
-        dtype = autocast_dtype(self.precision, self.device_)
+        precision = resolve_precision(self.precision, self.device_)
 
         def loss_fn(net: nn.Module, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            # called under the loop's autocast (precision): the U-Net in it, assembly and loss in float32
             masks = self._train_masks(len(x), g).to(x.device)  # (B, n, S, S)
-            recon = inpaint(net, x, masks, dtype=dtype)  # I_r (B, 3, S, S), float32
+            recon = inpaint(net, x, masks)  # I_r (B, 3, S, S), float32
             return riad_loss(x, recon, self.ssim_weight, self.gms_weight)
 
-        params = {k: v for k, v in self.get_params().items() if k not in ("epochs", "checkpoint_dir", "smoothing")}
+        skip = ("epochs", "checkpoint_dir", "smoothing", "precision")  # precision: hashed by train
+        params = {k: v for k, v in self.get_params().items() if k not in skip}
         settings = TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
-                                 val_fraction=self.val_fraction, patience=self.patience,
+                                 val_fraction=self.val_fraction, patience=self.patience, precision=precision,
                                  checkpoint_dir=self.checkpoint_dir, desc="riad: train")
+        log.info("riad: training in %s (precision=%r)", precision, self.precision)
         report = train(self.net_, data.to(self.device_), loss_fn, settings, device=self.device_,
                        config={"detector": self.name, **params, "data": fingerprint(images)})
         self.net_.eval()
@@ -139,8 +143,9 @@ class RIAD(BaseDetector):
         x = _resize(images, self.image_size).to(self.device_)  # (B, 3, S, S)
         b, s, n_k = x.shape[0], self.image_size, len(self.grid_sizes)
         masks = torch.cat([self._test_masks(k) for k in self.grid_sizes]).to(x.device)  # (|K|, n, S, S)
-        recon = inpaint(fold_batchnorm(self.net_), x, masks[None], chunk=self.batch_size * self.n_masks,
-                        dtype=autocast_dtype(self.precision, x.device))  # I_r per cell size (B, |K|, 3, S, S)
+        with autocast(resolve_precision(self.precision, x.device), x.device):  # the U-Net only
+            recon = inpaint(fold_batchnorm(self.net_), x, masks[None], chunk=self.batch_size * self.n_masks)
+        # recon: I_r per cell size (B, |K|, 3, S, S), float32
         dist = msgms_map(x.repeat_interleave(n_k, 0), recon.flatten(0, 1))  # (B |K|, S, S)
         maps = mean_filter(dist.view(b, n_k, s, s).mean(1), self.smoothing)  # (B, S, S)
         maps = upsample(maps, tuple(images.shape[-2:]))
