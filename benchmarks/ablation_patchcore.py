@@ -36,6 +36,7 @@ from PIL import Image
 from flawmap.bench.runner import RunSpec, SplitCache, run_one
 from flawmap.data import list_categories, resolve_data_root
 from flawmap.params import parse_params
+from flawmap.presets import ACCURATE, get_preset, preset_params
 from flawmap.registry import detector_class
 
 
@@ -59,7 +60,7 @@ SETTINGS: dict[str, Setting] = {
     **{f"emb{d}-256": Setting({"embedding_dim": d}, {"resize": 256, **NO_CROP}) for d in (32, 64, 128)},
     "imagenet-256": Setting({"normalization": "imagenet"}, {"resize": 256, **NO_CROP}),
     **{f"pad-{r}": Setting({}, {"resize": r, **NO_CROP, "aspect": "pad"}, note="letterbox") for r in (256, 384, 512)},
-    # rotation coverage / test-time rotations / backbone ensembles (issue 13, branch rotation-ensemble)
+    # rotation coverage / test-time rotations / backbone ensembles (issue 13)
     **{f"rot-train{r}-256": Setting({"train_rotations": r}, {"resize": 256, **NO_CROP},
                                     note=f"bank also at {r} more orientations") for r in (3, 7)},
     "rot-test3-256": Setting({"test_rotations": 3}, {"resize": 256, **NO_CROP}, note="min over 4 orientations"),
@@ -71,6 +72,20 @@ SETTINGS: dict[str, Setting] = {
                                        {"resize": 256, **NO_CROP}),
     "scores-l0l2-test3-256": Setting({"backbone": L0L2MN[:2], "ensemble": "scores", "test_rotations": 3},
                                      {"resize": 256, **NO_CROP}, note="installed backbones only"),
+    "rot-train3-test3-256": Setting({"train_rotations": 3, "test_rotations": 3}, {"resize": 256, **NO_CROP}),
+    "scores-l0l2mn-train3-256": Setting({"backbone": L0L2MN, "ensemble": "scores", "train_rotations": 3},
+                                        {"resize": 256, **NO_CROP}),
+    "rot-train7-test3-256": Setting({"train_rotations": 7, "test_rotations": 3}, {"resize": 256, **NO_CROP}),
+    "s4-rot-train3-256": Setting({"layers": LITE2_S4, "train_rotations": 3}, {"resize": 256, **NO_CROP}),
+    "s4-rot-train3-test3-256": Setting({"layers": LITE2_S4, "train_rotations": 3, "test_rotations": 3},
+                                       {"resize": 256, **NO_CROP}),
+    "s4-rot-test3-256": Setting({"layers": LITE2_S4, "test_rotations": 3}, {"resize": 256, **NO_CROP}),
+    "rot-train3-pad-256": Setting({"train_rotations": 3}, {"resize": 256, **NO_CROP, "aspect": "pad"}),
+    "scores-l0l2mn-train3-pad-256": Setting({"backbone": L0L2MN, "ensemble": "scores", "train_rotations": 3},
+                                            {"resize": 256, **NO_CROP, "aspect": "pad"}),
+    # the shipped preset itself (flawmap.presets), so its row always measures what `--preset accurate` runs
+    "accurate": Setting(preset_params(ACCURATE, "patchcore"), get_preset(ACCURATE).preprocessing_for("patchcore"),
+                        note="= s4-rot-train3-256"),
     "padim-256": Setting({}, {"resize": 256, **NO_CROP}, method="padim"),
     "padim-pad-256": Setting({}, {"resize": 256, **NO_CROP, "aspect": "pad"}, method="padim"),
     "padim-pad-384": Setting({}, {"resize": 384, **NO_CROP, "aspect": "pad"}, method="padim"),

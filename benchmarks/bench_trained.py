@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     params.update({k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.param)})
     if a.epochs is not None:
         params["epochs"] = a.epochs
-    det = get_detector(a.method, preset=a.preset, **params)
+    det = get_detector(a.method, **params, **({"preset": a.preset} if a.preset else {}))  # an old tree has no preset=
     log.info("%r (flawmap from %s)", det, flawmap.__file__)
 
     load_before = os.getloadavg()[0]

@@ -179,12 +179,21 @@ def test_cli_fit_preset_accurate_fits_saves_and_loads(tmp_path: Path, capsys: py
                  "--data", str(root), "--category", "object", "--resize", "48", "--out", str(out)]) == 0
     cfg = json.loads((out / "config.json").read_text())
     want = get_preset(ACCURATE).params_for("patchcore")
-    assert cfg["params"]["backbone"] == list(want["backbone"]) and cfg["params"]["ensemble"] == want["ensemble"]
-    assert cfg["params"]["test_rotations"] == want["test_rotations"] and cfg["params"]["coreset_ratio"] == 0.5
-    assert cfg["extra"]["transform"]["crop"] is None  # the preset's preprocessing: no crop (--resize wins)
+    assert want, "the accurate preset changes PatchCore"
+    for key, value in want.items():  # every preset value is in the saved model, tuples as JSON lists
+        assert cfg["params"][key] == (list(value) if isinstance(value, tuple) else value), key
+    assert cfg["params"]["coreset_ratio"] == 0.5  # the explicit --param wins over the preset
+    tf = cfg["extra"]["transform"]
+    pre = get_preset(ACCURATE).preprocessing_for("patchcore")
+    assert tf["crop"] is None and tf["resize"] in (48, [48, 48])  # the preset's "no crop"; the explicit --resize wins
+    if "aspect" in pre:
+        assert tf["aspect"] == pre["aspect"]
     a = load_detector(out).predict(torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0)))
     assert np.isfinite(a.scores).all() and np.isfinite(a.maps).all() and a.maps.shape == (2, 48, 48)
     capsys.readouterr()
     assert main(["list", "--presets"]) == 0
     text = capsys.readouterr().out
-    assert "accurate: " in text and "ms/image" in text and "test_rotations=3 (paper 0)" in text
+    block = text.split("\naccurate: ")[1]
+    for key, value in want.items():  # each change with the paper value it replaces, and the measured cost
+        assert f"{key}=" in block and "(paper " in block, key
+    assert "  cost: " in block and "ms/image" in block
