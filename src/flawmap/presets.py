@@ -79,7 +79,8 @@ _PRESETS: dict[str, Preset] = {p.name: p for p in (
            "degrees (train_rotations=3), 256 px without the centre crop. Other methods: paper settings",
            params={"patchcore": ACCURATE_PATCHCORE},
            preprocessing={"patchcore": {"resize": 256, "crop": 0}},
-           cost="COST_TBD"),
+           cost="bottle, 209 training images, 1 CPU thread: fit 131 s (8.7x the paper PatchCore at 256 px), "
+                "predict 272 ms/image (3.3x), bank 25 MB, +4.3 GB peak RSS while fitting"),
 )}
 
 
