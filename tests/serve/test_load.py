@@ -72,7 +72,9 @@ def test_load_16_clients(served_model, cli_server) -> None:
     thr = pred.calibration.image_threshold
     for k, _, body in results:
         (rec,) = body["results"]
-        assert rec["score"] == pytest.approx(ref[k], rel=1e-5), (k, rec["score"], ref[k])
+        # batched vs alone: float32 sums in another order (backbone convolutions and the blur's matrix products
+        # depend on the batch size), measured up to 1.5e-5 relative; 1e-4 still catches a wrong image or model
+        assert rec["score"] == pytest.approx(ref[k], rel=1e-4), (k, rec["score"], ref[k])
         assert rec["anomalous"] == (rec["score"] >= thr)
     sizes = [body["results"][0]["batch_size"] for _, _, body in results]
     assert max(sizes) > 1 and np.mean(sizes) > 1.5, f"requests were not batched: mean batch {np.mean(sizes)}"
