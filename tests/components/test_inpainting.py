@@ -151,4 +151,28 @@ def test_fold_batchnorm_is_the_eval_network():
     with torch.no_grad():
         torch.testing.assert_close(folded(x), net.eval()(x), rtol=1e-4, atol=1e-5)
     out = folded(x)
-    assert out.is_contiguous()  # channels_last inside, the standard layout out
+    assert out.is_contiguous()  # the standard layout out, whatever the layout inside
+
+
+def test_unet_layout_is_the_same_function_and_follows_the_device_rule():
+    """channels_last or contiguous: the same U-Net output (and gradients); the layout only follows
+    channels_last_helps (CUDA / AMX CPUs), and BatchNorm folding keeps it."""
+    from flawmap.components.training import bf16_is_native
+
+    g = torch.Generator().manual_seed(3)
+    net = ip.UNet(base=4, depth=2)
+    x = torch.rand(2, 3, 16, 16, generator=g, requires_grad=True)
+    y0 = net(x)
+    y0.square().sum().backward()
+    grad0 = x.grad.clone()
+    x.grad = None
+    net.set_layout(True)
+    assert net.down[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert ip.fold_batchnorm(net).memory_format == torch.channels_last
+    y1 = net(x)
+    y1.square().sum().backward()
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad, grad0, rtol=1e-4, atol=1e-5)  # float32 sums in another order
+    cpu = torch.device("cpu")
+    assert ip.channels_last_helps(cpu) == bf16_is_native(cpu)
+    assert ip.channels_last_helps(torch.device("cuda"))

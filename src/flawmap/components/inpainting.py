@@ -9,11 +9,12 @@
   MSGMS averages 1 - GMS over 4 scales (image, 1/2, 1/4, 1/8; average pooling).
 * SSIM (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5, C1 = 0.01^2, C2 = 0.03^2.
 
-Speed (measured on a 2-core Sapphire Rapids CPU, 1 thread; benchmarks/bench_trained.py): nearly all the
-time is the U-Net's own convolutions (|K| n forward passes per test image), so the levers are the
-memory layout and the arithmetic precision, not the loss: the U-Net runs channels_last (1.4-1.6x in
-fp32 on oneDNN), optionally under bfloat16 autocast (AMX / tensor cores, another ~2.5x), and at test
-time with BatchNorm folded into the convolutions. SSIM and MSGMS blur / differentiate all their
+Speed (benchmarks/bench_trained.py, 1 thread): nearly all the time is the U-Net's own convolutions
+(|K| n forward passes per test image), so the levers are the memory layout and the arithmetic precision,
+not the loss. The layout is :func:`channels_last_helps`: channels_last was 1.4-1.6x faster in fp32 on a
+Sapphire Rapids CPU (AMX) but 1.35x SLOWER on an AMD EPYC without AMX (one fwd+bwd of 6 images at
+256 px: 50 s vs 37 s), so it is used on CUDA and AMX CPUs only. bfloat16 autocast where native (AMX /
+tensor cores, another ~2.5x); at test time BatchNorm is folded into the convolutions. SSIM and MSGMS blur / differentiate all their
 operands in one call (the blur is a banded matrix product, flawmap.filters). Under autocast only the
 U-Net runs in the lower precision: the assembly of I_r and the loss terms are float32.
 """
@@ -57,10 +58,15 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1) for i in reversed(range(depth)))
         self.merge = nn.ModuleList(_double_conv(2 * widths[i], widths[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], out_channels, 1)
-        self.to(memory_format=torch.channels_last)  # oneDNN / cuDNN: faster convolutions, same maths
+        self.memory_format = torch.contiguous_format  # the layout of weights and activations (same maths)
+
+    def set_layout(self, channels_last: bool) -> UNet:
+        """Weights and activations channels_last (True) or contiguous: see :func:`channels_last_helps`."""
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return self.to(memory_format=self.memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=self.memory_format)
         skips = []
         for i, block in enumerate(self.down):
             x = block(F.max_pool2d(x, 2) if i else x)
@@ -83,7 +89,16 @@ def fold_batchnorm(net: UNet) -> UNet:
         for i in (0, 3):  # Conv, BN, ReLU, Conv, BN, ReLU
             block[i] = fuse_conv_bn_eval(block[i], block[i + 1])
             block[i + 1] = nn.Identity()
-    return out.to(memory_format=torch.channels_last)
+    return out.to(memory_format=out.memory_format)
+
+
+def channels_last_helps(device: torch.device) -> bool:
+    """The U-Net's layout rule: channels_last on CUDA and on CPUs with AMX tiles (measured faster there),
+    contiguous on other CPUs (measured slower: see the module docstring). The same hardware test as
+    :func:`flawmap.components.training.bf16_is_native` (CUDA, or a CPU with AMX)."""
+    from .training import bf16_is_native
+
+    return device.type == "cuda" or bf16_is_native(device)
 
 
 # ---- masks and inpainting ----------------------------------------------------------------------

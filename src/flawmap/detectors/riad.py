@@ -31,7 +31,7 @@ from torch import nn
 
 from ..base import BaseDetector, check_range
 from ..components.anomaly_map import upsample
-from ..components.inpainting import UNet, fold_batchnorm, grid_masks, inpaint, mean_filter, msgms_map, riad_loss
+from ..components.inpainting import UNet, channels_last_helps, fold_batchnorm, grid_masks, inpaint, mean_filter, msgms_map, riad_loss
 from ..components.training import (TrainSettings, autocast, check_train_params, fingerprint, resolve_precision,
                                    seeded_init, train)
 from ..errors import ConfigError
@@ -95,6 +95,7 @@ class RIAD(BaseDetector):
     def _build_modules(self) -> None:
         # eval mode: BatchNorm uses its running statistics unless the training loop switches it
         self.net_ = seeded_init(self.seed, lambda: UNet(self.base_channels, self.depth)).to(self.device_).eval()
+        self.net_.set_layout(channels_last_helps(self.device_))  # same function either way; speed differs by device
 
     def _train_masks(self, batch: int, g: torch.Generator) -> torch.Tensor:
         """Masks (B, n, S, S): per image a cell size k drawn from K, then a random n-way partition."""
