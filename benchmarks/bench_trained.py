@@ -34,10 +34,10 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 import flawmap
 from flawmap import get_detector
+from flawmap.params import parse_params
 from flawmap.data import Transform, load_split, scan_category
 
 log = logging.getLogger("bench_trained")
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     train_images = train_split.images[: a.max_train] if a.max_train else train_split.images
 
     params: dict[str, object] = {"device": a.device, "checkpoint_dir": a.checkpoint_dir}
-    params.update({k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.param)})
+    params.update(parse_params(a.param))  # the rule of `flawmap fit --param`
     if a.epochs is not None:
         params["epochs"] = a.epochs
     det = get_detector(a.method, **params, **({"preset": a.preset} if a.preset else {}))  # an old tree has no preset=

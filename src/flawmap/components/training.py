@@ -92,6 +92,12 @@ def bf16_is_native(device: torch.device) -> bool:
     return device.type == "cpu" and bool(amx and amx())
 
 
+def improves(value: float, best: float | None, min_delta: float = 0.0) -> bool:
+    """The early-stopping test: a validation loss improves on ``best`` (None: nothing yet) when it is below
+    ``best - min_delta * |best|`` (min_delta relative)."""
+    return best is None or value < best - min_delta * abs(best)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The precision a training run uses: ``precision`` itself unless "auto", which is bfloat16 where
     :func:`bf16_is_native`, else float16 on CUDA (older GPUs, with loss scaling) and float32 on the CPU."""
@@ -375,7 +381,7 @@ def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings
                 v = _mean_loss(model, data, val_idx, loss_fn, s.batch_size, device, s.seed, s.precision)
                 st.val_losses.append(v)
                 msg += f" val {v:.5g}"
-                if st.best_val is None or v < st.best_val - s.min_delta * abs(st.best_val):
+                if improves(v, st.best_val, s.min_delta):
                     st.best_val, st.best_epoch, st.bad_epochs = v, st.epoch, 0
                     st.best_state = _strip(_model_tensors(model, "m"), "m")
                 else:

@@ -1,5 +1,6 @@
-"""FastFlow convergence on one MVTec AD category: the validation loss curve, and image / pixel AUROC
-of the best-so-far (early-stopping) weights and of the last weights at several epoch budgets.
+"""Convergence of a trained detector (FastFlow, RIAD) on one MVTec AD category: the validation loss
+curve, and image / pixel AUROC of the best-so-far (early-stopping) weights and of the last weights at
+several epoch budgets.
 
 One training run (seeded, ``val_fraction`` of the TRAINING images held out, never stopped:
 ``patience=0``) is extended stage by stage through its checkpoint (exact resume), and evaluated on
@@ -7,8 +8,12 @@ the test split after each stage. Then the stopping rule of a (patience, min_delt
 off the recorded validation curve without retraining (:func:`stop_epoch`), and ``--fast`` runs the
 ``fast`` preset itself (it stops on its own) for the figures of the preset as shipped.
 
-    nice -n 10 python benchmarks/bench_fastflow_convergence.py --stages 10,20,40,80,120 --out conv.json
-    python benchmarks/bench_fastflow_convergence.py --fast --out fast.json      # the preset alone
+    nice -n 10 python benchmarks/bench_convergence.py fastflow --stages 10,20,40,80,120 --out conv.json
+    python benchmarks/bench_convergence.py fastflow --fast --out fast.json      # the preset alone
+    python benchmarks/bench_convergence.py riad --stages 5,10,20 --param image_size=128 --param precision=bfloat16
+
+Images are loaded with the method's paper preprocessing (``flawmap.presets.preset_transform``; ``--resize`` /
+``--crop`` override it); ``--param KEY=VALUE`` as in ``flawmap fit`` (``flawmap.params.parse_params``).
 
 The test AUROCs are reported, never used to choose the stopping rule.
 """
@@ -27,12 +32,15 @@ import torch
 from safetensors.torch import load_file
 
 from flawmap import get_detector
-from flawmap.components.training import CHECKPOINT_JSON
-from flawmap.data import Transform, load_split, scan_category
+from flawmap.components.training import CHECKPOINT_JSON, improves
+from flawmap.data import load_split, scan_category
 from flawmap.metrics.evaluate import evaluate
-from flawmap.presets import FAST
+from flawmap.params import parse_params
+from flawmap.presets import FAST, preset_transform
 
-log = logging.getLogger("bench_fastflow_convergence")
+log = logging.getLogger("bench_convergence")
+#: the attribute holding each method's trained network (the checkpoint's ``model.*`` tensors)
+NETWORK = {"fastflow": "flow_", "riad": "net_"}
 
 
 def stop_epoch(val_losses: list[float], patience: int, min_delta: float = 0.0) -> tuple[int, int]:
@@ -40,7 +48,7 @@ def stop_epoch(val_losses: list[float], patience: int, min_delta: float = 0.0) -
     applied to a recorded validation curve (the whole curve when it never stops)."""
     best, best_epoch, bad = None, 0, 0
     for e, v in enumerate(val_losses, 1):
-        if best is None or v < best - min_delta * abs(best):
+        if improves(v, best, min_delta):
             best, best_epoch, bad = v, e, 0
         else:
             bad += 1
@@ -55,49 +63,50 @@ def _auroc(det, test) -> dict[str, float]:
     return {k: float(m[k]) for k in ("image_auroc", "pixel_auroc") if k in m}
 
 
-def _last_weights(det, folder: Path):
+def _last_weights(det, method: str, folder: Path):
     """A copy of ``det`` holding the last epoch's weights (the checkpoint's ``model.*``), not the best ones."""
     meta = json.loads((folder / CHECKPOINT_JSON).read_text())
     tensors = load_file(str(folder / meta["tensors"]))
     last = copy.deepcopy(det)
-    last.flow_.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    getattr(last, NETWORK[method]).load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     return last
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("method", choices=sorted(NETWORK))
     p.add_argument("--root", default="../shared/data/mvtec")
     p.add_argument("--category", default="bottle")
     p.add_argument("--stages", default="10,20,40,80",
                    help="epoch budgets to evaluate at (one run, resumed): a comma list, or FIRST-LAST for every epoch")
-    p.add_argument("--resize", type=int, default=256)
-    p.add_argument("--crop", type=int, default=224, help="0: no crop")
+    p.add_argument("--resize", type=int, default=None, help="default: the method's paper preprocessing")
+    p.add_argument("--crop", type=int, default=None, help="0: no crop; default: the method's paper preprocessing")
     p.add_argument("--no-last", action="store_true", help="evaluate the best-so-far weights only")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--fast", action="store_true", help="run the `fast` preset as shipped instead of the stages")
-    p.add_argument("--param", action="append", default=[], help="extra FastFlow KEY=VALUE (e.g. precision=bfloat16)")
-    p.add_argument("--checkpoint-dir", default="/tmp/flawmap_ff_convergence")
+    p.add_argument("--param", action="append", default=[], help="extra hyperparameter KEY=VALUE (e.g. precision=bfloat16)")
+    p.add_argument("--checkpoint-dir", default=None, help="default: /tmp/flawmap_convergence_METHOD")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(a.threads)
     data = scan_category(a.root, a.category)
-    tf = Transform(resize=a.resize, crop=a.crop or None)  # default: FastFlow's paper preprocessing
+    tf = preset_transform(None, a.method, resize=a.resize, crop=a.crop)
     train, test = load_split(data, "train", tf), load_split(data, "test", tf)
-    extra = {k: json.loads(v) if v[:1].isdigit() or v in ("true", "false") else v
-             for k, v in (kv.split("=", 1) for kv in a.param)}
-    out: dict[str, object] = {"category": a.category, "n_train": len(train), "n_test": len(test), "params": extra}
+    extra = parse_params(a.param)
+    out: dict[str, object] = {"method": a.method, "category": a.category, "n_train": len(train), "n_test": len(test),
+                              "params": extra}
     if a.fast:
         t0 = time.perf_counter()
-        det = get_detector("fastflow", preset=FAST, device="cpu", **extra).fit(train.images)
+        det = get_detector(a.method, preset=FAST, device="cpu", **extra).fit(train.images)
         rep = det.train_report
         out.update(preset=FAST, fit_s=time.perf_counter() - t0, epochs_done=rep.epochs_done, best_epoch=rep.best_epoch,
                    stopped_early=rep.stopped_early, val_losses=rep.val_losses, train_losses=rep.train_losses,
                    mean_epoch_s=sum(rep.epoch_seconds) / len(rep.epoch_seconds), **_auroc(det, test),
                    detector=det.get_params())
     else:
-        folder = Path(a.checkpoint_dir)
+        folder = Path(a.checkpoint_dir or f"/tmp/flawmap_convergence_{a.method}")
         stages = []
         if "-" in a.stages:
             first, last = (int(x) for x in a.stages.split("-"))
@@ -106,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
             budgets = [int(x) for x in a.stages.split(",")]
         for epochs in budgets:
             t0 = time.perf_counter()
-            det = get_detector("fastflow", epochs=epochs, val_fraction=a.val_fraction, patience=0,
+            det = get_detector(a.method, epochs=epochs, val_fraction=a.val_fraction, patience=0,
                                checkpoint_dir=str(folder), device="cpu", **extra).fit(train.images)
             rep = det.train_report
             row = {"epochs": epochs, "fit_s": time.perf_counter() - t0, "best_epoch": rep.best_epoch,
                    "epoch_s": rep.epoch_seconds, "best": _auroc(det, test),
-                   "last": None if a.no_last else _auroc(_last_weights(det, folder), test)}
+                   "last": None if a.no_last else _auroc(_last_weights(det, a.method, folder), test)}
             stages.append(row)
             out.update(stages=stages, val_losses=rep.val_losses, train_losses=rep.train_losses)
             log.info("stage %d: best epoch %s best %s last %s", epochs, rep.best_epoch, row["best"], row["last"])
