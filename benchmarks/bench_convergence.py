@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         rep = det.train_report
         out.update(preset=FAST, fit_s=time.perf_counter() - t0, epochs_done=rep.epochs_done, best_epoch=rep.best_epoch,
                    stopped_early=rep.stopped_early, val_losses=rep.val_losses, train_losses=rep.train_losses,
+                   map_changes=rep.map_changes,
                    mean_epoch_s=sum(rep.epoch_seconds) / len(rep.epoch_seconds), **_auroc(det, test),
                    detector=det.get_params())
     else:

@@ -242,3 +242,72 @@ def test_nonfinite_loss_raises_and_the_loop_syncs_once_per_epoch(monkeypatch):
     s = tr.TrainSettings(epochs=2, batch_size=6, lr=1e-2)
     with pytest.raises(FloatingPointError, match="epoch 1; lower lr"):
         tr.train(_model(), _data(), nan_loss, s, config={}, device=torch.device("cpu"))
+
+
+# ---- the "maps" stopping rule ------------------------------------------------------------------------
+def test_rank_change_is_one_minus_spearman():
+    from scipy.stats import spearmanr
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(400, generator=g), torch.randn(400, generator=g)
+    mix = a + 0.5 * b
+    assert tr.rank_change(mix, a) == pytest.approx(1 - spearmanr(mix.numpy(), a.numpy())[0], abs=1e-12)
+    assert tr.rank_change(a, a) == pytest.approx(0.0, abs=1e-12)
+    assert tr.rank_change(torch.exp(3 * a) + 7, a.view(20, 20)) == pytest.approx(0.0, abs=1e-12)  # scale-free
+    assert tr.rank_change(-a, a) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="same size"):
+        tr.rank_change(a, a[:10])
+
+
+class _Sharpening(nn.Module):
+    """w converges to 1 (the maps' shape); s grows for ever (their scale): its loss never flattens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.s = nn.Parameter(torch.ones(()))
+
+
+_X0, _X1 = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(4))
+
+
+def _sharpening_loss(model: nn.Module, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return (model.w - 1) ** 2 - 0.1 * model.s + 0 * x.sum()
+
+
+def _sharpening_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.s.abs() * (_X0 + model.w * _X1)[: len(x)]  # (B, 16); the ranking depends on w only
+
+
+def test_maps_rule_stops_where_the_loss_rule_never_does(tmp_path):
+    cpu = torch.device("cpu")
+    base = dict(epochs=60, batch_size=4, lr=0.05, val_fraction=0.25, patience=5)
+    loss_rule = tr.train(_Sharpening(), _data(), _sharpening_loss, tr.TrainSettings(**base), config={}, device=cpu)
+    assert not loss_rule.stopped_early and loss_rule.epochs_done == 60  # the loss keeps falling
+    m = _Sharpening()
+    s = tr.TrainSettings(**base, stop_on="maps", map_tolerance=1e-3)
+    rep = tr.train(m, _data(), _sharpening_loss, s, config={}, device=cpu, val_maps=_sharpening_maps)
+    assert rep.stopped_early and 5 < rep.epochs_done < 60 and rep.best_epoch == rep.epochs_done
+    assert rep.map_changes[:5] == [None] * 5 and len(rep.map_changes) == rep.epochs_done
+    assert rep.map_changes[-1] <= 1e-3 < max(c for c in rep.map_changes if c is not None)
+    assert all(c > 1e-3 for c in rep.map_changes[5:-1])
+    assert float(m.s.detach()) > 1.5  # the last weights are kept (nothing restored)
+    # resumed from a checkpoint written part-way: the same stop, the same changes
+    ck = dict(base, checkpoint_dir=str(tmp_path / "ck"), stop_on="maps", map_tolerance=1e-3)
+    first = tr.train(_Sharpening(), _data(), _sharpening_loss, tr.TrainSettings(**{**ck, "epochs": 7}),
+                     config={}, device=cpu, val_maps=_sharpening_maps)
+    assert not first.stopped_early and first.epochs_done == 7
+    m2 = _Sharpening()
+    again = tr.train(m2, _data(), _sharpening_loss, tr.TrainSettings(**ck), config={}, device=cpu, val_maps=_sharpening_maps)
+    assert again.resumed_from == 7 and again.epochs_done == rep.epochs_done
+    assert again.map_changes == pytest.approx(rep.map_changes) and torch.equal(m2.s, m.s)
+
+
+def test_maps_rule_needs_maps_and_a_known_rule():
+    cpu = torch.device("cpu")
+    s = tr.TrainSettings(epochs=2, batch_size=4, lr=0.05, val_fraction=0.25, patience=2, stop_on="maps")
+    with pytest.raises(tr.ConfigError, match="val_maps"):
+        tr.train(_Sharpening(), _data(), _sharpening_loss, s, config={}, device=cpu)
+    bad = tr.TrainSettings(epochs=2, batch_size=4, lr=0.05, stop_on="scores")
+    with pytest.raises(tr.ConfigError, match="allowed: loss, maps"):
+        tr.train(_Sharpening(), _data(), _sharpening_loss, bad, config={}, device=cpu)

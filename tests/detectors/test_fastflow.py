@@ -101,3 +101,23 @@ def test_precision_is_validated_and_trains_in_float32_state(images):
     assert det.flow_.flows[0].steps[0].subnet[0].weight.is_contiguous(memory_format=torch.channels_last)
     res = det.predict(test.images[:2])  # prediction runs in float32
     assert res.maps.dtype == np.float32 and np.isfinite(res.maps).all()
+
+
+def test_early_stopping_on_held_out_maps(images):
+    """stop_on="maps" (default): stops once the held-out maps' ranking moved <= map_tolerance over `patience`
+    epochs; map_tolerance=2 (the largest possible change) stops as soon as there is a change to compare."""
+    train, test = images
+    det = get_detector("fastflow", **{**TINY, "epochs": 6, "val_fraction": 0.34, "patience": 1,
+                                      "map_tolerance": 2.0}).fit(train)
+    rep = det.train_report
+    assert rep.stopped_early and rep.epochs_done == 2 and rep.map_changes[0] is None and 0 <= rep.map_changes[1] <= 2
+    strict = get_detector("fastflow", **{**TINY, "epochs": 3, "val_fraction": 0.34, "patience": 1,
+                                         "map_tolerance": 0.0}).fit(train)
+    assert not strict.train_report.stopped_early and strict.train_report.epochs_done == 3
+    loss_rule = get_detector("fastflow", **{**TINY, "epochs": 3, "val_fraction": 0.34, "patience": 1,
+                                            "stop_on": "loss"}).fit(train)
+    assert loss_rule.train_report.map_changes == []
+    with pytest.raises(ConfigError, match="stop_on.*allowed.*loss.*maps"):
+        get_detector("fastflow", **{**TINY, "stop_on": "scores"}).fit(train)
+    with pytest.raises(ConfigError, match="map_tolerance"):
+        get_detector("fastflow", **{**TINY, "map_tolerance": -1.0}).fit(train)

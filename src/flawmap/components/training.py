@@ -19,10 +19,17 @@
   (all hyperparameters except ``epochs`` and ``checkpoint_dir``, plus a fingerprint of the
   training data) equals the current one.
 * Validation (``val_fraction`` > 0): a seeded split of the training data; its loss is computed
-  each epoch with a fixed generator, the best weights are restored at the end, and training stops
-  after ``patience`` epochs without improvement (``patience`` 0: never stops early). An epoch
-  improves when its validation loss is below ``best - min_delta * |best|`` (``min_delta`` relative,
-  0: any decrease).
+  each epoch with a fixed generator. ``patience`` 0: never stops early. Two stopping rules
+  (``stop_on``):
+  - "loss": training stops after ``patience`` epochs without improvement and the best weights are
+    restored at the end. An epoch improves when its validation loss is below
+    ``best - min_delta * |best|`` (``min_delta`` relative, 0: any decrease).
+  - "maps": for a loss that keeps falling without the detector changing (a flow's likelihood on features
+    near a low-dimensional set can fall for ever), ``val_maps(model, batch)`` gives the anomaly maps of
+    the held-out images; training stops after epoch e when they ranked their pixels nearly as at epoch
+    e - ``patience``: :func:`rank_change` (1 - Spearman's rho over all held-out pixels) <= ``map_tolerance``.
+    Scale-free (a map only matters through its ordering: AUROC, thresholds calibrated afterwards); the
+    last weights are kept.
 * Precision (``precision``): "float32", or autocast of the loss function to "bfloat16" / "float16"
   (float16 with dynamic loss scaling, ``torch.amp.GradScaler``, whose state is checkpointed). The
   model's parameters, the optimiser and the returned loss stay float32; which operations run in the
@@ -56,6 +63,7 @@ log = logging.getLogger(__name__)
 
 Data = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 LossFn = Callable[[nn.Module, Any, torch.Generator], torch.Tensor]
+MapsFn = Callable[[nn.Module, Any], torch.Tensor]  # (model, batch of B rows) -> anomaly maps (B, ...)
 
 CHECKPOINT_JSON = "checkpoint.json"
 CHECKPOINT_FORMAT = "flawmap-train-checkpoint"
@@ -76,6 +84,11 @@ class TrainSettings:
     desc: str = "train"
     min_delta: float = 0.0  # relative improvement of the validation loss that counts (early stopping)
     precision: str = "float32"  # "float32", "bfloat16" or "float16" (resolve "auto" with resolve_precision)
+    stop_on: str = "loss"  # early-stopping rule: "loss" (validation loss) or "maps" (held-out maps stable)
+    map_tolerance: float = 0.05  # "maps": stop when rank_change(maps now, maps `patience` epochs ago) <= this
+
+
+STOP_RULES = ("loss", "maps")
 
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -96,6 +109,21 @@ def improves(value: float, best: float | None, min_delta: float = 0.0) -> bool:
     """The early-stopping test: a validation loss improves on ``best`` (None: nothing yet) when it is below
     ``best - min_delta * |best|`` (min_delta relative)."""
     return best is None or value < best - min_delta * abs(best)
+
+
+def rank_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    """1 - Spearman's rank correlation between the values of ``a`` and ``b`` (same number of elements; ties
+    broken by position): 0 when they order their elements identically, 1 for unrelated orders, 2 reversed."""
+    def ranks(x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().flatten().double().cpu()
+        r = torch.empty_like(x)
+        r[x.argsort(stable=True)] = torch.arange(len(x), dtype=torch.float64)
+        return r - r.mean()
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.numel() != rb.numel() or ra.numel() < 2:
+        raise ValueError(f"rank_change needs two tensors of the same size >= 2; got {a.numel()} and {b.numel()}")
+    return float(1 - (ra * rb).sum() / (ra.norm() * rb.norm()))
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -126,6 +154,7 @@ class TrainReport:
     epochs_done: int = 0
     best_epoch: int | None = None  # 1-based epoch whose weights were kept (validation only)
     stopped_early: bool = False
+    map_changes: list[float | None] = field(default_factory=list)  # stop_on="maps": rank_change per epoch
 
 
 def check_train_params(det: Any) -> None:
@@ -140,6 +169,8 @@ def check_train_params(det: Any) -> None:
     check_range("patience", det.patience, 0, None, integer=True)
     check_range("seed", det.seed, 0, 2**63 - 1, integer=True)
     check_range("min_delta", getattr(det, "min_delta", 0.0), 0, 1)
+    check_range("map_tolerance", getattr(det, "map_tolerance", 0.0), 0, 2)
+    check_choice("stop_on", getattr(det, "stop_on", "loss"), STOP_RULES)
     if hasattr(det, "precision"):
         check_choice("precision", det.precision, PRECISIONS)
     if det.checkpoint_dir is not None and not isinstance(det.checkpoint_dir, str):
@@ -244,6 +275,8 @@ class _Progress:
     bad_epochs: int = 0
     stopped_early: bool = False
     best_state: dict[str, torch.Tensor] | None = None
+    map_changes: list[float | None] = field(default_factory=list)
+    recent_maps: list[torch.Tensor] = field(default_factory=list)  # stop_on="maps": the last patience + 1 (CPU)
 
 
 def save_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, st: _Progress,
@@ -254,6 +287,7 @@ def save_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, 
     tensors.update(opt_tensors)
     if st.best_state is not None:
         tensors.update({f"best.{k}": v for k, v in st.best_state.items()})
+    tensors.update({f"valmaps.{i}": m.contiguous() for i, m in enumerate(st.recent_maps)})
     name = f"ckpt-{st.epoch:06d}.safetensors"
     atomic_write(folder / name, lambda p: save_file(tensors, str(p), metadata={"config_hash": chash}))
     meta = {
@@ -263,7 +297,7 @@ def save_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, 
         "rng_state": epoch_generator(seed, st.epoch).get_state().tolist(),
         "train_losses": st.train_losses, "val_losses": st.val_losses, "best_val_loss": st.best_val,
         "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs, "stopped_early": st.stopped_early,
-        "optimizer": opt_meta,
+        "map_changes": st.map_changes, "optimizer": opt_meta,
     }
     if scaler is not None:  # float16: the dynamic loss scale (floats and ints only)
         meta["grad_scaler"] = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in scaler.state_dict().items()}
@@ -311,18 +345,37 @@ def _mean_loss(model: nn.Module, data: Data, idx: torch.Tensor, loss_fn: LossFn,
     return float(total) / len(idx)
 
 
+@torch.no_grad()
+def _val_maps(model: nn.Module, data: Data, idx: torch.Tensor, maps_fn: MapsFn, batch_size: int,
+              device: torch.device, precision: str) -> torch.Tensor:
+    """The anomaly maps of rows ``idx`` in eval mode, float32 on the CPU (len(idx), ...)."""
+    model.eval()
+    out = []
+    for s in range(0, len(idx), batch_size):
+        with autocast(precision, device):
+            out.append(maps_fn(model, take(data, idx[s:s + batch_size], device)).float().cpu())
+    return torch.cat(out)
+
+
 def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings, *,
-          config: Mapping[str, Any], device: torch.device) -> TrainReport:
-    """Train ``model`` (already on ``device``) in place; returns a :class:`TrainReport`."""
+          config: Mapping[str, Any], device: torch.device, val_maps: MapsFn | None = None) -> TrainReport:
+    """Train ``model`` (already on ``device``) in place; returns a :class:`TrainReport`.
+    ``val_maps``: the held-out anomaly maps, required by ``settings.stop_on == "maps"``."""
     s = settings
     n = data_len(data)
     train_idx, val_idx = split_validation(n, s.val_fraction, s.seed)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     if s.precision not in PRECISIONS[1:]:
         raise ConfigError(f"precision={s.precision!r}; allowed: {', '.join(PRECISIONS[1:])} (resolve 'auto' first)")
+    if s.stop_on not in STOP_RULES:
+        raise ConfigError(f"stop_on={s.stop_on!r}; allowed: {', '.join(STOP_RULES)}")
+    by_maps = s.stop_on == "maps" and s.patience > 0 and len(val_idx) > 0  # the maps rule is in force
+    if by_maps and val_maps is None:
+        raise ConfigError("stop_on='maps' needs the detector's val_maps function")
     scaler = torch.amp.GradScaler(device.type) if s.precision == "float16" else None
-    extra = {k: v for k, v in (("min_delta", s.min_delta), ("precision", s.precision))  # defaults: hash as before
-             if v != getattr(TrainSettings, k)}
+    stop_fields = (("stop_on", s.stop_on), ("map_tolerance", s.map_tolerance)) if by_maps else ()
+    extra = {k: v for k, v in (("min_delta", s.min_delta), ("precision", s.precision), *stop_fields)
+             if v != getattr(TrainSettings, k)}  # defaults: hash as before
     chash = config_hash({**config, "seed": s.seed, "batch_size": s.batch_size, "lr": s.lr,
                          "weight_decay": s.weight_decay, "val_fraction": s.val_fraction, "patience": s.patience,
                          **extra})
@@ -339,8 +392,10 @@ def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings
             if scaler is not None and "grad_scaler" in meta:
                 scaler.load_state_dict(meta["grad_scaler"])
             best = _strip(tensors, "best")
+            maps = _strip(tensors, "valmaps")
             st = _Progress(meta["epoch"], meta["train_losses"], meta["val_losses"], meta["best_val_loss"],
-                           meta["best_epoch"], meta["bad_epochs"], meta["stopped_early"], best or None)
+                           meta["best_epoch"], meta["bad_epochs"], meta["stopped_early"], best or None,
+                           meta.get("map_changes", []), [maps[str(i)] for i in range(len(maps))])
             if meta["rng_state"] != epoch_generator(s.seed, st.epoch).get_state().tolist():
                 raise ModelFileError(f"{folder}: the stored RNG state does not match the one derived from "
                                      f"(seed={s.seed}, epoch={st.epoch}); delete the checkpoint to retrain")
@@ -381,7 +436,14 @@ def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings
                 v = _mean_loss(model, data, val_idx, loss_fn, s.batch_size, device, s.seed, s.precision)
                 st.val_losses.append(v)
                 msg += f" val {v:.5g}"
-                if improves(v, st.best_val, s.min_delta):
+                if by_maps:  # ranking of the held-out pixels now vs `patience` epochs ago
+                    st.recent_maps = [*st.recent_maps, _val_maps(model, data, val_idx, val_maps, s.batch_size,  # type: ignore[arg-type]
+                                                                 device, s.precision)][-(s.patience + 1):]
+                    change = rank_change(st.recent_maps[-1], st.recent_maps[0]) if len(st.recent_maps) > s.patience else None
+                    st.map_changes.append(change)
+                    st.best_epoch, st.stopped_early = st.epoch, change is not None and change <= s.map_tolerance
+                    msg += "" if change is None else f" map change {change:.4f}"
+                elif improves(v, st.best_val, s.min_delta):
                     st.best_val, st.best_epoch, st.bad_epochs = v, st.epoch, 0
                     st.best_state = _strip(_model_tensors(model, "m"), "m")
                 else:
@@ -398,6 +460,7 @@ def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings
     model.eval()
     report.train_losses, report.val_losses = list(st.train_losses), list(st.val_losses)
     report.epochs_done, report.best_epoch, report.stopped_early = st.epoch, st.best_epoch, st.stopped_early
+    report.map_changes = list(st.map_changes)
     if st.stopped_early:
         log.info("%s: stopped early after epoch %d (best epoch %s)", s.desc, st.epoch, st.best_epoch)
     return report

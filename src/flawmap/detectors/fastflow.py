@@ -7,6 +7,13 @@ Training minimises sum_l [0.5 ||z_l||^2 - log|det J_l|] (mean over the batch) wi
 Anomaly map (paper): per scale p_l = exp(-0.5 mean_c z_l^2) (h_l, w_l), upsampled to the image and
 averaged over scales; map = -mean_l p_l ("prob"), or mean_l 0.5 mean_c z_l^2 ("nll"). Score = max.
 
+Early stopping (``val_fraction`` > 0, ``patience`` > 0; the ``fast`` preset): the held-out NLL of a flow on
+backbone features keeps falling long after the detector has stopped changing (the features lie near a
+lower-dimensional set, so the density can sharpen for ever; on bottle -1% per epoch through epoch 110), so
+the default rule ``stop_on="maps"`` watches the anomaly maps of the held-out TRAINING images instead: stop
+when their pixel ranking changed by at most ``map_tolerance`` (1 - Spearman's rho) over the last
+``patience`` epochs (flawmap.components.training). ``stop_on="loss"`` is the classic rule (``min_delta``).
+
 Defaults (paper, Sec. 4): K = 8 steps, Adam lr 1e-3, weight decay 1e-5, batch 32, 500 epochs,
 hidden ratio 1.0 (ResNet18) / 0.16 (WideResNet50-2). The paper does not cover EfficientNet-Lite:
 its stages are as narrow as ResNet18's (24/48/120 channels for lite2), so it gets 1.0 too. The
@@ -83,7 +90,8 @@ class FastFlow(BaseDetector):
                  hidden_ratio: float | None = None, clamp: float = 2.0,
                  anomaly_map: str = "prob", epochs: int = 500, batch_size: int = 32, lr: float = 1e-3,
                  weight_decay: float = 1e-5, cache_features: bool = True, val_fraction: float = 0.0,
-                 patience: int = 0, min_delta: float = 0.0, precision: str = "auto",
+                 patience: int = 0, stop_on: str = "maps", map_tolerance: float = 0.05, min_delta: float = 0.0,
+                 precision: str = "auto",
                  checkpoint_dir: str | None = None, seed: int = 0, device: str = "auto") -> None:
         self.backbone = backbone
         self.layers = layers
@@ -100,6 +108,8 @@ class FastFlow(BaseDetector):
         self.cache_features = cache_features
         self.val_fraction = val_fraction
         self.patience = patience
+        self.stop_on = stop_on
+        self.map_tolerance = map_tolerance
         self.min_delta = min_delta
         self.precision = precision
         self.checkpoint_dir = checkpoint_dir
@@ -124,7 +134,7 @@ class FastFlow(BaseDetector):
         check_choice("anomaly_map", self.anomaly_map, ("prob", "nll"))
         check_range("weight_decay", self.weight_decay, 0, 1)
         check_choice("cache_features", self.cache_features, (True, False))
-        check_train_params(self)
+        check_train_params(self)  # also stop_on, map_tolerance, min_delta
 
     def _setup(self) -> None:
         layers = list(self.layers) if self.layers is not None else layers_at_strides(self.backbone, STRIDES)
@@ -166,15 +176,21 @@ class FastFlow(BaseDetector):
                     feats = self._features(batch, cached=False)
                 return model(feats)[1].mean()
 
-        skip = ("epochs", "checkpoint_dir", "cache_features", "anomaly_map", "min_delta", "precision")  # hashed by train
+        def val_maps(model: nn.Module, batch: Any) -> torch.Tensor:  # held-out maps for stop_on="maps"
+            zs = model(list(batch.values()) if self.cache_features else self._features(batch, cached=False))[0]
+            return self._map(zs, tuple(zs[0].shape[-2:]))  # at the finest feature grid (B, h_0, w_0)
+
+        skip = ("epochs", "checkpoint_dir", "cache_features", "anomaly_map", "min_delta", "precision", "stop_on",
+                "map_tolerance")  # hashed by train
         params = {k: v for k, v in self.get_params().items() if k not in skip}
         precision = resolve_precision(self.precision, self.device_)
         settings = TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                  weight_decay=self.weight_decay, seed=self.seed, val_fraction=self.val_fraction,
                                  patience=self.patience, min_delta=self.min_delta, precision=precision,
+                                 stop_on=self.stop_on, map_tolerance=self.map_tolerance,
                                  checkpoint_dir=self.checkpoint_dir, desc="fastflow: train")
         log.info("fastflow: training in %s (precision=%r)", precision, self.precision)
-        report = train(self.flow_, data, loss_fn, settings, device=self.device_,
+        report = train(self.flow_, data, loss_fn, settings, device=self.device_, val_maps=val_maps,
                        config={"detector": self.name, **params, "data": fingerprint(images)})
         self.flow_.eval()
         self.train_losses_ = report.train_losses
@@ -186,13 +202,15 @@ class FastFlow(BaseDetector):
         x = images if list(size) == self.input_size_ else F.interpolate(
             images, size=tuple(self.input_size_), mode="bilinear", align_corners=False, antialias=True)
         zs, _ = self.flow_(self._features(x))
+        maps = upsample(self._map(zs, tuple(self.input_size_)), size)
+        return maps.flatten(1).amax(1), maps
+
+    def _map(self, zs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """[z_l (B, C_l, h_l, w_l)] -> the anomaly map (B, *size): per scale upsampled, averaged over scales."""
         per_scale = []
-        for z in zs:  # z_l (B, C_l, h_l, w_l)
+        for z in zs:
             half_sq = 0.5 * z.pow(2).mean(1)  # (B, h_l, w_l) = -log p per channel, up to a constant
             m = torch.exp(-half_sq) if self.anomaly_map == "prob" else half_sq
-            per_scale.append(upsample(m, tuple(self.input_size_)))
-        maps = torch.stack(per_scale).mean(0)  # (B, H, W)
-        if self.anomaly_map == "prob":
-            maps = -maps
-        maps = upsample(maps, size)
-        return maps.flatten(1).amax(1), maps
+            per_scale.append(upsample(m, size))
+        maps = torch.stack(per_scale).mean(0)  # (B, *size)
+        return -maps if self.anomaly_map == "prob" else maps
