@@ -7,7 +7,9 @@
 Data (--data): ``auto`` = gpu_payload/bottle_small when present (``benchmarks/make_small_bottle.py``), else
 a tiny synthetic category (``flawmap.data.make_synthetic_mvtec``); ``synthetic`` forces the latter; or an
 MVTec root (with --category). Each method runs through the Python API (get_detector -> fit -> predict ->
-metrics.evaluate) with its paper hyperparameters (``--small``: its ``tiny_params``, 64 px, few images).
+metrics.evaluate) with its paper hyperparameters (``--small``: its ``tiny_params``, 64 px, few images), or
+those of ``--preset NAME`` (e.g. ``fast``: FastFlow and RIAD stop at convergence within the budget; the
+rows say where they stopped).
 
 Trained methods (FastFlow, RIAD) get a training-time budget per run (--train-budget-s): one epoch is run
 and timed, then training resumes from that epoch's checkpoint up to min(paper epochs or --epochs-*,
@@ -35,9 +37,10 @@ from typing import Any
 import torch
 
 from flawmap import __version__, get_detector
-from flawmap.data import load_split, make_synthetic_mvtec, preprocessing, scan_category
+from flawmap.data import load_split, make_synthetic_mvtec, scan_category
 from flawmap.io import atomic_write_text
 from flawmap.metrics import evaluate
+from flawmap.presets import preset_params, preset_transform
 from flawmap.registry import detector_class
 
 METHODS = ("patchcore", "padim", "spade", "fastflow", "riad")
@@ -63,7 +66,8 @@ def _data(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
 
 def _params(method: str, args: argparse.Namespace, device: str, epochs: int | None, ckpt: Path | None) -> dict[str, Any]:
     cls = detector_class(method)
-    params: dict[str, Any] = {**(cls.tiny_params() if args.small else {}), "device": device}
+    params: dict[str, Any] = {**preset_params(args.preset, method, cls.tiny_params() if args.small else {}),
+                              "device": device}
     if method in TRAINED:
         params.update(epochs=epochs, checkpoint_dir=str(ckpt))
     return params
@@ -92,8 +96,9 @@ def _fit(method: str, args: argparse.Namespace, device: str, train: torch.Tensor
         _sync(device)
         seconds += det.train_report.epoch_seconds
     fit_s = time.perf_counter() - t0
-    return det, {"fit_s": fit_s, "epochs": epochs, "s_per_epoch": statistics.median(seconds),
-                 "first_epoch_s": seconds[0]}
+    rep = det.train_report
+    return det, {"fit_s": fit_s, "epochs": rep.epochs_done, "epoch_cap": epochs, "stopped_early": rep.stopped_early,
+                 "s_per_epoch": statistics.median(seconds), "first_epoch_s": seconds[0]}
 
 
 def run(method: str, args: argparse.Namespace, device: str, train, test, cap: int | None, tmp: Path) -> dict[str, Any]:
@@ -116,7 +121,7 @@ def _environment(args: argparse.Namespace, root: Path, category: str) -> dict[st
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
         "data": str(root), "category": category,
-        "small": args.small, "train_budget_s": args.train_budget_s, "load_average": os.getloadavg()[0]}
+        "small": args.small, "preset": args.preset or "paper", "train_budget_s": args.train_budget_s, "load_average": os.getloadavg()[0]}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
@@ -136,7 +141,8 @@ def markdown(result: dict[str, Any]) -> str:
              "| method | device | epochs | fit s | s/epoch | predict ms/image | image AUROC | pixel AUROC | AUPRO | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['device']} | {_fmt(r.get('epochs'))} | {_fmt(r.get('fit_s'), 1)} | "
+        stop = " (stopped early)" if r.get("stopped_early") else ""
+        lines.append(f"| {r['method']} | {r['device']} | {_fmt(r.get('epochs'))}{stop} | {_fmt(r.get('fit_s'), 1)} | "
                      f"{_fmt(r.get('s_per_epoch'), 2)} | {_fmt(r.get('predict_ms_per_image'), 1)} | "
                      f"{_fmt(r.get('image_auroc'))} | {_fmt(r.get('pixel_auroc'))} | {_fmt(r.get('aupro'))} | "
                      f"{r.get('note', '')} |")
@@ -167,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="auto", help="auto, synthetic, or an MVTec root folder")
     ap.add_argument("--category", default="bottle")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--preset", default=None, help="hyperparameter preset (flawmap list --presets), e.g. fast")
     ap.add_argument("--epochs-fastflow", type=int, default=None, help="epoch cap (default: paper 500; --small: 1)")
     ap.add_argument("--epochs-riad", type=int, default=None, help="epoch cap (default: paper 300; --small: 1)")
     ap.add_argument("--train-budget-s", type=float, default=None, help="training seconds per trained run (default 60; --small 5)")
@@ -191,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         for device in devices:
             for method in methods:
                 row: dict[str, Any] = {"method": method, "device": device}
-                tf = preprocessing(detector_class(method).paper_transform, 64 if args.small else None, 0 if args.small else None)
+                tf = preset_transform(args.preset, method, resize=64 if args.small else None, crop=0 if args.small else None)
                 key = json.dumps(tf.to_dict(), sort_keys=True)
                 if key not in splits:
                     train, test = load_split(data, "train", tf), load_split(data, "test", tf)

@@ -32,3 +32,20 @@ def test_gpu_check_small_on_cpu(tmp_path) -> None:
     assert runs["fastflow"]["epochs"] == runs["riad"]["epochs"] == 1 and runs["riad"]["s_per_epoch"] > 0
     table = (out / "gpu_check.md").read_text()
     assert "| method | device | epochs | fit s | s/epoch | predict ms/image |" in table and "| spade | cpu |" in table
+
+
+@pytest.mark.timeout(300)
+def test_gpu_check_with_a_preset(tmp_path) -> None:
+    """--preset fast reaches the detectors (held-out split, early stopping) and is recorded with each run."""
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHON": sys.executable, "FLAWMAP_NO_PROGRESS": "1"}
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out), "--device", "cpu", "--small", "--no-install",
+         "--contract-k", "none", "--data", "synthetic", "--methods", "fastflow", "--preset", "fast",
+         "--epochs-fastflow", "3", "--train-budget-s", "100"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "gpu_check.json").read_text())
+    assert result["environment"]["preset"] == "fast"
+    (run,) = result["runs"]
+    assert run["method"] == "fastflow" and run["epochs"] == run["epoch_cap"] == 3 and run["stopped_early"] is False, run
