@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from flawmap.components import inpainting as ip
+from flawmap.components import training as tr
 
 
 @pytest.mark.parametrize("cell,size", [(2, (16, 16)), (4, (16, 12)), (5, (16, 16))])
@@ -174,5 +175,5 @@ def test_unet_layout_is_the_same_function_and_follows_the_device_rule():
     torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(x.grad, grad0, rtol=1e-4, atol=1e-5)  # float32 sums in another order
     cpu = torch.device("cpu")
-    assert ip.channels_last_helps(cpu) == bf16_is_native(cpu)
-    assert ip.channels_last_helps(torch.device("cuda"))
+    assert tr.channels_last_helps(cpu) == bf16_is_native(cpu)
+    assert tr.channels_last_helps(torch.device("cuda"))

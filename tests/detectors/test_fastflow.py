@@ -98,7 +98,7 @@ def test_precision_is_validated_and_trains_in_float32_state(images):
         get_detector("fastflow", **TINY, precision="half").fit(train)
     det = get_detector("fastflow", **{**TINY, "epochs": 1, "precision": "bfloat16"}).fit(train)
     assert all(p.dtype == torch.float32 for p in det.flow_.parameters())
-    assert det.flow_.flows[0].steps[0].subnet[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert det.flow_.flows[0].steps[0].subnet[0].weight.is_contiguous(memory_format=det.flow_.memory_format)
     res = det.predict(test.images[:2])  # prediction runs in float32
     assert res.maps.dtype == np.float32 and np.isfinite(res.maps).all()
 
@@ -121,3 +121,23 @@ def test_early_stopping_on_held_out_maps(images):
         get_detector("fastflow", **{**TINY, "stop_on": "scores"}).fit(train)
     with pytest.raises(ConfigError, match="map_tolerance"):
         get_detector("fastflow", **{**TINY, "map_tolerance": -1.0}).fit(train)
+
+
+def test_flow_layout_is_the_same_function_and_follows_the_device_rule(images):
+    from flawmap.components.training import channels_last_helps
+    from flawmap.detectors.fastflow import FastFlowModel
+
+    train, _ = images
+    det = get_detector("fastflow", **{**TINY, "epochs": 1}).fit(train)
+    assert det.flow_.memory_format == (torch.channels_last if channels_last_helps(torch.device("cpu"))
+                                       else torch.contiguous_format)
+    shapes = [(8, 8, 8), (16, 4, 4)]
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.randn(2, *s, generator=g) for s in shapes]
+    a = FastFlowModel(shapes, 2, 1.0, 2.0, seed=0)
+    b = FastFlowModel(shapes, 2, 1.0, 2.0, seed=0)
+    b.load_state_dict(a.state_dict())
+    b.set_layout(True)
+    (za, nll_a), (zb, nll_b) = a(feats), b(feats)
+    assert zb[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nll_b, nll_a, rtol=1e-5, atol=1e-3)

@@ -11,7 +11,7 @@
 
 Speed (benchmarks/bench_trained.py, 1 thread): nearly all the time is the U-Net's own convolutions
 (|K| n forward passes per test image), so the levers are the memory layout and the arithmetic precision,
-not the loss. The layout is :func:`channels_last_helps`: channels_last was 1.4-1.6x faster in fp32 on a
+not the loss. The layout is ``training.channels_last_helps``: channels_last was 1.4-1.6x faster in fp32 on a
 Sapphire Rapids CPU (AMX) but 1.35x SLOWER on an AMD EPYC without AMX (one fwd+bwd of 6 images at
 256 px: 50 s vs 37 s), so it is used on CUDA and AMX CPUs only. bfloat16 autocast where native (AMX /
 tensor cores, another ~2.5x); at test time BatchNorm is folded into the convolutions. SSIM and MSGMS blur / differentiate all their
@@ -61,7 +61,7 @@ class UNet(nn.Module):
         self.memory_format = torch.contiguous_format  # the layout of weights and activations (same maths)
 
     def set_layout(self, channels_last: bool) -> UNet:
-        """Weights and activations channels_last (True) or contiguous: see :func:`channels_last_helps`."""
+        """Weights and activations channels_last (True) or contiguous: see ``training.channels_last_helps``."""
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         return self.to(memory_format=self.memory_format)
 
@@ -90,15 +90,6 @@ def fold_batchnorm(net: UNet) -> UNet:
             block[i] = fuse_conv_bn_eval(block[i], block[i + 1])
             block[i + 1] = nn.Identity()
     return out.to(memory_format=out.memory_format)
-
-
-def channels_last_helps(device: torch.device) -> bool:
-    """The U-Net's layout rule: channels_last on CUDA and on CPUs with AMX tiles (measured faster there),
-    contiguous on other CPUs (measured slower: see the module docstring). The same hardware test as
-    :func:`flawmap.components.training.bf16_is_native` (CUDA, or a CPU with AMX)."""
-    from .training import bf16_is_native
-
-    return device.type == "cuda" or bf16_is_native(device)
 
 
 # ---- masks and inpainting ----------------------------------------------------------------------

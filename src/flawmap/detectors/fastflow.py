@@ -39,8 +39,8 @@ from ..base import BaseDetector, check_choice, check_layers, check_range
 from ..components.anomaly_map import upsample
 from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
 from ..components.flows import Flow2d, gaussian_nll
-from ..components.training import (TrainSettings, check_train_params, fingerprint, resolve_precision, seeded_init,
-                                   train)
+from ..components.training import (TrainSettings, channels_last_helps, check_train_params, fingerprint,
+                                   resolve_precision, seeded_init, train)
 from ..errors import ConfigError
 from ..registry import register_detector
 
@@ -61,20 +61,25 @@ class FastFlowModel(nn.Module):
         self.norm_weight = nn.ParameterList(nn.Parameter(torch.ones(s)) for s in shapes)
         self.norm_bias = nn.ParameterList(nn.Parameter(torch.zeros(s)) for s in shapes)
         self.flows = nn.ModuleList(Flow2d(c, steps, hidden_ratio, clamp, generator=g) for c, _, _ in shapes)
+        self.memory_format = torch.contiguous_format  # layout of the flows' activations (same maths)
+
+    def set_layout(self, channels_last: bool) -> FastFlowModel:
+        """Weights and activations channels_last (True) or contiguous: ``training.channels_last_helps``."""
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return self.to(memory_format=self.memory_format)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """x in this model's layout (a no-op when it already has it: the convolutions skip their reorders)."""
+        return x.contiguous(memory_format=self.memory_format)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Normalised features [(B, C_l, h_l, w_l)] -> ([z_l (B, C_l, h_l, w_l)], NLL (B,) summed over l)."""
         zs, nll = [], feats[0].new_zeros(feats[0].shape[0], dtype=torch.float32)
         for f, w, b, flow in zip(feats, self.norm_weight, self.norm_bias, self.flows):
-            z, logdet = flow(_channels_last(f * w + b))
+            z, logdet = flow(self.layout(f * w + b))
             zs.append(z)
             nll = nll + gaussian_nll(z, logdet)
         return zs, nll
-
-
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """The flows' layout (a no-op when x already has it): oneDNN convolutions skip their reorders."""
-    return x.contiguous(memory_format=torch.channels_last)
 
 
 def _normalise(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -149,8 +154,8 @@ class FastFlow(BaseDetector):
         probe = self._backbone_features(torch.zeros(1, 3, *self.input_size_), cached=False)  # shapes only
         shapes = [tuple(f.shape[1:]) for f in probe.values()]
         self.flow_ = seeded_init(self.seed, lambda: FastFlowModel(
-            shapes, self.flow_steps, self._ratio(), self.clamp, self.seed)).to(
-            self.device_, memory_format=torch.channels_last).eval()
+            shapes, self.flow_steps, self._ratio(), self.clamp, self.seed)).to(self.device_).eval()
+        self.flow_.set_layout(channels_last_helps(self.device_))  # same function either way; speed differs by device
 
     def _features(self, images: torch.Tensor, cached: bool = True) -> list[torch.Tensor]:
         """images (B, 3, H, W) -> normalised features [(B, C_l, h_l, w_l)] on the device."""
@@ -162,7 +167,7 @@ class FastFlow(BaseDetector):
         log.info("fastflow: %s layers %s, hidden ratio %.2f, %d flow parameters", self.backbone,
                  list(self._backbone.layers), self._ratio(), sum(p.numel() for p in self.flow_.parameters()))
         if self.cache_features:  # frozen backbone, no augmentation: features once, epochs cost the flows only
-            data: Any = {k: _channels_last(v.to(self.device_)) for k, v in _normalise(self._backbone_features(
+            data: Any = {k: self.flow_.layout(v.to(self.device_)) for k, v in _normalise(self._backbone_features(
                 images, batch_size=self.batch_size)).items()}  # row selections keep the layout
 
             def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], g: torch.Generator) -> torch.Tensor:

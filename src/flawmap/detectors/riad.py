@@ -31,9 +31,9 @@ from torch import nn
 
 from ..base import BaseDetector, check_range
 from ..components.anomaly_map import upsample
-from ..components.inpainting import UNet, channels_last_helps, fold_batchnorm, grid_masks, inpaint, mean_filter, msgms_map, riad_loss
-from ..components.training import (TrainSettings, autocast, check_train_params, fingerprint, resolve_precision,
-                                   seeded_init, train)
+from ..components.inpainting import UNet, fold_batchnorm, grid_masks, inpaint, mean_filter, msgms_map, riad_loss
+from ..components.training import (TrainSettings, autocast, channels_last_helps, check_train_params, fingerprint,
+                                   resolve_precision, seeded_init, train)
 from ..errors import ConfigError
 from ..registry import register_detector
 
