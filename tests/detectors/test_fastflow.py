@@ -138,6 +138,6 @@ def test_flow_layout_is_the_same_function_and_follows_the_device_rule(images):
     b = FastFlowModel(shapes, 2, 1.0, 2.0, seed=0)
     b.load_state_dict(a.state_dict())
     b.set_layout(True)
-    (za, nll_a), (zb, nll_b) = a(feats), b(feats)
+    (_, nll_a), (zb, nll_b) = a(feats), b(feats)
     assert zb[0].is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(nll_b, nll_a, rtol=1e-5, atol=1e-3)

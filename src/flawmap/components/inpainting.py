@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..filters import gaussian_blur
+from .training import Layout
 
 GMS_C = 0.0026
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
@@ -43,7 +44,7 @@ def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-class UNet(nn.Module):
+class UNet(Layout, nn.Module):
     """Encoder-decoder with skip connections (Ronneberger et al. 2015) predicting an RGB image.
 
     Level i has ``base * 2**i`` channels, i = 0..depth; input sides must be multiples of 2**depth.
@@ -58,15 +59,9 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1) for i in reversed(range(depth)))
         self.merge = nn.ModuleList(_double_conv(2 * widths[i], widths[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], out_channels, 1)
-        self.memory_format = torch.contiguous_format  # the layout of weights and activations (same maths)
-
-    def set_layout(self, channels_last: bool) -> UNet:
-        """Weights and activations channels_last (True) or contiguous: see ``training.channels_last_helps``."""
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        return self.to(memory_format=self.memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=self.memory_format)
+        x = self.layout(x)
         skips = []
         for i, block in enumerate(self.down):
             x = block(F.max_pool2d(x, 2) if i else x)

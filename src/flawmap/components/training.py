@@ -112,6 +112,22 @@ def channels_last_helps(device: torch.device) -> bool:
     return device.type == "cuda" or bf16_is_native(device)
 
 
+class Layout:
+    """Mixin of the trained networks (RIAD's U-Net, FastFlow's flows): the memory layout of their weights and
+    activations, same maths either way; set it with ``set_layout(channels_last_helps(device))``."""
+
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    def set_layout(self, channels_last: bool) -> Any:
+        """Weights and activations channels_last (True) or contiguous; returns the module."""
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return self.to(memory_format=self.memory_format)  # type: ignore[attr-defined]
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """x in this network's layout (a no-op when it already has it: the convolutions skip their reorders)."""
+        return x.contiguous(memory_format=self.memory_format)
+
+
 def improves(value: float, best: float | None, min_delta: float = 0.0) -> bool:
     """The early-stopping test: a validation loss improves on ``best`` (None: nothing yet) when it is below
     ``best - min_delta * |best|`` (min_delta relative)."""

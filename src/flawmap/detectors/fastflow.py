@@ -39,7 +39,7 @@ from ..base import BaseDetector, check_choice, check_layers, check_range
 from ..components.anomaly_map import upsample
 from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
 from ..components.flows import Flow2d, gaussian_nll
-from ..components.training import (TrainSettings, channels_last_helps, check_train_params, fingerprint,
+from ..components.training import (Layout, TrainSettings, channels_last_helps, check_train_params, fingerprint,
                                    resolve_precision, seeded_init, train)
 from ..errors import ConfigError
 from ..registry import register_detector
@@ -51,7 +51,7 @@ HIDDEN_RATIO = {"resnet18": 1.0, "wide_resnet50_2": 0.16, "efficientnet_lite0": 
 STRIDES = (4, 8, 16)
 
 
-class FastFlowModel(nn.Module):
+class FastFlowModel(Layout, nn.Module):
     """Learned part: per scale l a LayerNorm affine (C_l, h_l, w_l) and a flow f_l."""
 
     def __init__(self, shapes: list[tuple[int, int, int]], steps: int, hidden_ratio: float, clamp: float,
@@ -61,16 +61,6 @@ class FastFlowModel(nn.Module):
         self.norm_weight = nn.ParameterList(nn.Parameter(torch.ones(s)) for s in shapes)
         self.norm_bias = nn.ParameterList(nn.Parameter(torch.zeros(s)) for s in shapes)
         self.flows = nn.ModuleList(Flow2d(c, steps, hidden_ratio, clamp, generator=g) for c, _, _ in shapes)
-        self.memory_format = torch.contiguous_format  # layout of the flows' activations (same maths)
-
-    def set_layout(self, channels_last: bool) -> FastFlowModel:
-        """Weights and activations channels_last (True) or contiguous: ``training.channels_last_helps``."""
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        return self.to(memory_format=self.memory_format)
-
-    def layout(self, x: torch.Tensor) -> torch.Tensor:
-        """x in this model's layout (a no-op when it already has it: the convolutions skip their reorders)."""
-        return x.contiguous(memory_format=self.memory_format)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Normalised features [(B, C_l, h_l, w_l)] -> ([z_l (B, C_l, h_l, w_l)], NLL (B,) summed over l)."""
