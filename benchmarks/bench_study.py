@@ -37,14 +37,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def reduced_study(src: Path, dst: Path, k: int | None, severities: list[int] | None = None,
-                  experiments: list[str] | None = None) -> Path:
+def reduced_study(src: Path, dst: Path, k: int | None, severities: list[int] | None = None) -> Path:
     raw = yaml.safe_load(src.read_text())
-    if experiments:
-        unknown = sorted(set(experiments) - set(raw["experiments"]))
-        if unknown:
-            raise SystemExit(f"unknown experiments {unknown}; allowed: {sorted(raw['experiments'])}")
-        raw["experiments"] = {k_: v for k_, v in raw["experiments"].items() if k_ in experiments}
     if k:
         for exp in raw["experiments"].values():
             methods = exp.get("methods")
@@ -111,6 +105,7 @@ def main() -> None:
     ap.add_argument("--severities", default=None, help="comma-separated severities replacing the preset's (e.g. 3)")
     ap.add_argument("--max-train", type=int, default=None)
     ap.add_argument("--methods", default=None)
+    ap.add_argument("--preset", default=None, help="flawmap preset for every experiment (e.g. fast-cpu)")
     ap.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-cache-baseline", action="store_true", help="also run the sweep without any feature cache")
@@ -130,13 +125,13 @@ def main() -> None:
             raise SystemExit(f"{out} exists and was not written by this script; give another --out")
         shutil.rmtree(out)  # a previous measurement: start from nothing (cold means cold)
     sev = [int(v) for v in args.severities.split(",")] if args.severities else None
-    exps = args.experiments.split(",") if args.experiments else None
-    study = reduced_study(preset_path(args.study), out / "study.yaml", args.grid_points, sev, exps)
+    study = reduced_study(preset_path(args.study), out / "study.yaml", args.grid_points, sev)
     base = [sys.executable, "-m", "flawmap.cli", "--no-progress", "bench", "--study", str(study), "--data", str(data),
             "--categories", args.category, "--no-report"]
     for p in args.param:
         base += ["--param", p]
-    for flag, v in (("--max-train", args.max_train), ("--methods", args.methods), ("--threads", args.threads)):
+    for flag, v in (("--max-train", args.max_train), ("--methods", args.methods), ("--threads", args.threads),
+                    ("--experiments", args.experiments), ("--preset", args.preset)):
         if v is not None:
             base += [flag, str(v)]
     cache = out / "feature_cache"

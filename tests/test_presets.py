@@ -15,7 +15,7 @@ from flawmap.bench.tune import load_tune_config
 from flawmap.cli import build_parser, load_bench_study, main, tune_config
 from flawmap.data import make_synthetic_mvtec
 from flawmap.errors import ConfigError
-from flawmap.presets import (CPU_QUICK, FAST, PAPER, Preset, get_preset, list_presets, preset_of, preset_params,
+from flawmap.presets import (CPU_QUICK, FAST, FAST_CPU, PAPER, Preset, get_preset, list_presets, preset_of, preset_params,
                              preset_transform)
 from flawmap.registry import detector_class, list_detectors
 
@@ -139,6 +139,19 @@ def test_preset_of_rows() -> None:
     assert preset_of("fastflow", {**d, **get_preset(FAST).params_for("fastflow")}) == FAST
     assert preset_of("fastflow", {**d, "epochs": 3}) == CPU_QUICK
     assert preset_of("fastflow", {**d, "epochs": 4}) == "custom"
+    r = detector_class("riad").default_params()
+    assert preset_of("riad", {**r, **get_preset(FAST_CPU).params_for("riad")}) == FAST_CPU
+    assert preset_of("fastflow", {**d, **get_preset(FAST_CPU).params_for("fastflow")}) == FAST  # same as fast's
+
+
+def test_fast_cpu_is_fast_with_a_cpu_sized_riad() -> None:
+    fast, cpu = get_preset(FAST), get_preset(FAST_CPU)
+    for m in list_detectors():  # the same stopping rule for every trained method
+        assert {k: v for k, v in cpu.params_for(m).items() if k in ("val_fraction", "patience")} == fast.params_for(m)
+    assert cpu.params_for("fastflow") == fast.params_for("fastflow")
+    det = get_detector("riad", preset=FAST_CPU)
+    assert (det.image_size, det.base_channels, det.depth, det.val_fraction) == (64, 16, 3, 0.1)
+    assert "NOT the paper" in cpu.description
 
 
 def test_cli_fit_preset_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

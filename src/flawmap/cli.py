@@ -307,6 +307,8 @@ def load_bench_study(args: argparse.Namespace):
     else:  # every method, cpu-quick settings (or --preset), on the embedded data unless --data (flawmap.bench.defaults)
         cfg = default_bench_config(args.preset)
         study = StudyConfig(base=cfg, experiments={cfg.name or "": cfg})
+    if args.experiments is not None:
+        study.select([e for e in args.experiments.split(",") if e])
     study_mode = study.is_study
     base = study.base
     for attr in ("data", "out", "executor", "workers", "address", "gallery"):
@@ -619,6 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="MVTec-layout root, or an embedded dataset: synthetic (the default, no download) or synthetic-hard "
                    "(the hard development benchmark)")
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all under --data)")
+    p.add_argument("--experiments", default=None, metavar="NAMES", help="comma-separated experiments of the study to "
+                   "run (default: all; e.g. everything but a GPU-sized one, listed in the study YAML)")
     p.add_argument("--methods", default=None, help="comma-separated methods (default without CONFIG/--study: all "
                    "five, patchcore, padim, spade, fastflow, riad, with the cpu-quick presets of flawmap.bench.defaults; "
                    "with --study: only these methods of the study)")

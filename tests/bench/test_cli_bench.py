@@ -22,7 +22,8 @@ def test_bench_help_lists_new_options(capsys: pytest.CaptureFixture[str]) -> Non
         main(["bench", "--help"])
     text = capsys.readouterr().out
     for opt in ("--study", "--executor", "--address", "--workers", "--feature-cache", "--no-feature-cache",
-                "--corruption", "--backbones", "--seeds", "--report", "--gallery", "--keep-going", "--threads"):
+                "--corruption", "--backbones", "--seeds", "--report", "--gallery", "--keep-going", "--threads",
+                "--experiments"):
         assert opt in text, opt
 
 
@@ -33,6 +34,9 @@ def test_bench_help_lists_new_options(capsys: pytest.CaptureFixture[str]) -> Non
     (["--study", "nope"], "unknown study preset 'nope'; available: seed"),
     (["--backbones", "vgg16"], "allowed: efficientnet_lite0"),
     (["--executor", "local", "--address", "auto"], "only used with --executor ray"),
+    (["--study", "seed", "--experiments", "comparison,spade"], "unknown experiment(s) spade; allowed: comparison, spade_k"),
+    (["--study", "seed", "--experiments", ","], "unknown experiment(s) (none given)"),
+    (["--experiments", "comparison"], "--experiments needs a study"),
 ])
 def test_bench_errors(args, match, synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--data", str(synthetic_root), "--out", str(tmp_path), *args]) == 2
@@ -51,3 +55,15 @@ def test_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_list_shows_corruptions(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list"]) == 0
     assert "misalignment" in capsys.readouterr().out
+
+
+def test_experiments_keeps_only_the_named_ones_of_a_study(synthetic_root: Path) -> None:
+    from flawmap.cli import build_parser, load_bench_study
+
+    args = build_parser().parse_args(["bench", "--study", "seed", "--experiments", "spade_k,comparison",
+                                      "--methods", "spade", "--data", str(synthetic_root), "--categories", "object"])
+    study = load_bench_study(args)
+    assert list(study.experiments) == ["comparison", "spade_k"]  # the study's order
+    specs, tags = study.expand(str(synthetic_root))
+    assert {s.method for s in specs} == {"spade"} and len(specs) == 6  # K in 1..100; K=50 shared with comparison
+    assert sorted(tags[next(s.key() for s in specs if s.params.get("k", 50) == 50)]) == ["comparison", "spade_k"]

@@ -33,7 +33,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -145,6 +145,17 @@ class StudyConfig:
     description: str | None = None
     skipped: list[str] = field(default_factory=list)  # "experiment: method" skipped (not registered)
     is_study: bool = False  # parsed from a config with `experiments:`
+
+    def select(self, names: Sequence[str]) -> None:
+        """Keep only the experiments called ``names`` (``--experiments``); unknown names raise ConfigError
+        listing the study's experiments."""
+        if not self.is_study:
+            raise ConfigError("--experiments needs a study (--study NAME or a config with `experiments:`)")
+        unknown = [n for n in names if n not in self.experiments]
+        if unknown or not names:
+            raise ConfigError(f"--experiments: unknown experiment(s) {', '.join(unknown) or '(none given)'}; "
+                              f"allowed: {', '.join(self.experiments)}")
+        self.experiments = {n: c for n, c in self.experiments.items() if n in names}
 
     def expand(self, data_root: str) -> tuple[list[RunSpec], dict[str, list[str]]]:
         """Unique specs (a run shared by experiments is computed once) and run_key -> experiments."""
