@@ -275,8 +275,9 @@ def _sharpening_loss(model: nn.Module, x: torch.Tensor, g: torch.Generator) -> t
     return (model.w - 1) ** 2 - 0.1 * model.s + 0 * x.sum()
 
 
-def _sharpening_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model.s.abs() * (_X0 + model.w * _X1)[: len(x)]  # (B, 16); the ranking depends on w only
+def _sharpening_maps(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    maps = model.s.abs() * (_X0 + model.w * _X1)[: len(x)]  # (B, 16); the ranking depends on w only
+    return maps, _sharpening_loss(model, x, torch.Generator())  # the loss of the same pass
 
 
 def test_maps_rule_stops_where_the_loss_rule_never_does(tmp_path):
@@ -292,6 +293,8 @@ def test_maps_rule_stops_where_the_loss_rule_never_does(tmp_path):
     assert rep.map_changes[-1] <= 1e-3 < max(c for c in rep.map_changes if c is not None)
     assert all(c > 1e-3 for c in rep.map_changes[5:-1])
     assert float(m.s.detach()) > 1.5  # the last weights are kept (nothing restored)
+    # the held-out loss comes from the maps pass and equals the loss rule's own evaluation epoch for epoch
+    assert rep.val_losses == pytest.approx(loss_rule.val_losses[:rep.epochs_done], rel=1e-6)
     # resumed from a checkpoint written part-way: the same stop, the same changes
     ck = dict(base, checkpoint_dir=str(tmp_path / "ck"), stop_on="maps", map_tolerance=1e-3)
     first = tr.train(_Sharpening(), _data(), _sharpening_loss, tr.TrainSettings(**{**ck, "epochs": 7}),

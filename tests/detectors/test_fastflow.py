@@ -117,6 +117,8 @@ def test_early_stopping_on_held_out_maps(images):
     loss_rule = get_detector("fastflow", **{**TINY, "epochs": 3, "val_fraction": 0.34, "patience": 1,
                                             "stop_on": "loss"}).fit(train)
     assert loss_rule.train_report.map_changes == []
+    n = len(loss_rule.val_losses_)  # the maps rule's held-out loss (from its maps pass) is the loss rule's
+    assert n >= 2 and strict.val_losses_[:n] == pytest.approx(loss_rule.val_losses_, rel=1e-5)
     with pytest.raises(ConfigError, match="stop_on.*allowed.*loss.*maps"):
         get_detector("fastflow", **{**TINY, "stop_on": "scores"}).fit(train)
     with pytest.raises(ConfigError, match="map_tolerance"):

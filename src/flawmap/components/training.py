@@ -26,7 +26,7 @@
     ``best - min_delta * |best|`` (``min_delta`` relative, 0: any decrease).
   - "maps": for a loss that keeps falling without the detector changing (a flow's likelihood on features
     near a low-dimensional set can fall for ever), ``val_maps(model, batch)`` gives the anomaly maps of
-    the held-out images; training stops after epoch e when they ranked their pixels nearly as at epoch
+    the held-out images and their loss from the same forward pass (one pass per epoch, not two); training stops after epoch e when they ranked their pixels nearly as at epoch
     e - ``patience``: :func:`rank_change` (1 - Spearman's rho over all held-out pixels) <= ``map_tolerance``.
     Scale-free (a map only matters through its ordering: AUROC, thresholds calibrated afterwards); the
     last weights are kept.
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 Data = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 LossFn = Callable[[nn.Module, Any, torch.Generator], torch.Tensor]
-MapsFn = Callable[[nn.Module, Any], torch.Tensor]  # (model, batch of B rows) -> anomaly maps (B, ...)
+MapsFn = Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]]  # (model, B rows) -> (maps (B, ...), mean loss)
 
 CHECKPOINT_JSON = "checkpoint.json"
 CHECKPOINT_FORMAT = "flawmap-train-checkpoint"
@@ -370,14 +370,19 @@ def _mean_loss(model: nn.Module, data: Data, idx: torch.Tensor, loss_fn: LossFn,
 
 @torch.no_grad()
 def _val_maps(model: nn.Module, data: Data, idx: torch.Tensor, maps_fn: MapsFn, batch_size: int,
-              device: torch.device, precision: str) -> torch.Tensor:
-    """The anomaly maps of rows ``idx`` in eval mode, float32 on the CPU (len(idx), ...)."""
+              device: torch.device, precision: str) -> tuple[torch.Tensor, float]:
+    """The anomaly maps of rows ``idx`` in eval mode, float32 on the CPU (len(idx), ...), and their mean loss
+    (as :func:`_mean_loss`, from the same forward passes)."""
     model.eval()
     out = []
+    total = torch.zeros((), device=device)
     for s in range(0, len(idx), batch_size):
+        b = idx[s:s + batch_size]
         with autocast(precision, device):
-            out.append(maps_fn(model, take(data, idx[s:s + batch_size], device)).float().cpu())
-    return torch.cat(out)
+            maps, loss = maps_fn(model, take(data, b, device))
+        out.append(maps.float().cpu())
+        total += loss.detach().float() * len(b)
+    return torch.cat(out), float(total) / len(idx)
 
 
 def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings, *,
@@ -456,12 +461,14 @@ def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings
             st.train_losses.append(mean)
             msg = f"{s.desc}: epoch {st.epoch}/{s.epochs} loss {st.train_losses[-1]:.5g}"
             if len(val_idx):
-                v = _mean_loss(model, data, val_idx, loss_fn, s.batch_size, device, s.seed, s.precision)
+                if by_maps:
+                    maps, v = _val_maps(model, data, val_idx, val_maps, s.batch_size, device, s.precision)  # type: ignore[arg-type]
+                else:
+                    v = _mean_loss(model, data, val_idx, loss_fn, s.batch_size, device, s.seed, s.precision)
                 st.val_losses.append(v)
                 msg += f" val {v:.5g}"
                 if by_maps:  # ranking of the held-out pixels now vs `patience` epochs ago
-                    st.recent_maps = [*st.recent_maps, _val_maps(model, data, val_idx, val_maps, s.batch_size,  # type: ignore[arg-type]
-                                                                 device, s.precision)][-(s.patience + 1):]
+                    st.recent_maps = [*st.recent_maps, maps][-(s.patience + 1):]
                     change = rank_change(st.recent_maps[-1], st.recent_maps[0]) if len(st.recent_maps) > s.patience else None
                     st.map_changes.append(change)
                     st.best_epoch, st.stopped_early = st.epoch, change is not None and change <= s.map_tolerance

@@ -170,9 +170,9 @@ class FastFlow(BaseDetector):
                     feats = self._features(batch, cached=False)
                 return model(feats)[1].mean()
 
-        def val_maps(model: nn.Module, batch: Any) -> torch.Tensor:  # held-out maps for stop_on="maps"
-            zs = model(list(batch.values()) if self.cache_features else self._features(batch, cached=False))[0]
-            return self._map(zs, tuple(zs[0].shape[-2:]))  # at the finest feature grid (B, h_0, w_0)
+        def val_maps(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:  # for stop_on="maps"
+            zs, nll = model(list(batch.values()) if self.cache_features else self._features(batch, cached=False))
+            return self._map(zs, tuple(zs[0].shape[-2:])), nll.mean()  # maps at the finest grid (B, h_0, w_0), loss_fn
 
         skip = ("epochs", "checkpoint_dir", "cache_features", "anomaly_map", "min_delta", "precision", "stop_on",
                 "map_tolerance")  # hashed by train
