@@ -412,7 +412,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         data_root = str(Path(data_root).resolve())
     out = Path(base.out)
     cache = None if base.feature_cache is False else str(Path(base.feature_cache or out / "feature_cache").resolve())
-    options = RunOptions(gallery=base.gallery, feature_cache=cache, threads=args.threads)
+    options = RunOptions(gallery=base.gallery, feature_cache=cache, threads=args.threads,
+                         checkpoints=str((out / "checkpoints").resolve()))
     executor = make_executor(base.executor, base.workers, base.address, args.num_cpus, args.cpus_per_run,
                              keep_going=args.keep_going)
     if study.name:

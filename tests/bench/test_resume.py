@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 FAST = ["--param", "backbone=efficientnet_lite0", "--resize", "64", "--crop", "0", "--max-train", "4"]
 RATIOS = [0.02, 0.1, 0.3, 0.5]
 
@@ -68,3 +70,43 @@ def test_sigkill_mid_sweep_then_resume(synthetic_root: Path, tmp_path: Path) -> 
     assert all(".tmp-" in n for n in leftovers)  # at most the folder of the killed run, never a stored one
     csv_lines = (out / "results.csv").read_text().strip().splitlines()
     assert len(csv_lines) == 1 + len(RATIOS)
+
+
+def test_a_trained_fit_interrupted_before_its_group_is_stored_resumes_from_its_checkpoint(
+        synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A sweep's training fit writes checkpoints under RunOptions.checkpoints / fit_key; stopped before its
+    group was stored, the same spec run again resumes instead of retraining (same scores); once every run
+    of the group is out, the checkpoint folder is removed and the row shows the spec's own checkpoint_dir."""
+    import logging
+
+    import numpy as np
+
+    from flawmap.bench.runner import RunOptions, RunSpec, run_group
+
+    tiny = {"image_size": 32, "grid_sizes": [2, 4], "base_channels": 4, "depth": 2, "epochs": 2, "batch_size": 4}
+    spec = RunSpec("riad", "object", str(synthetic_root), tiny, max_train=4)
+    options = RunOptions(gallery=0, details=False, checkpoints=str(tmp_path / "ck"))
+    folder = tmp_path / "ck" / spec.fit_key()
+    first = run_group([spec], options=options)
+    out1, res1, _ = next(first)  # fitted and evaluated, then interrupted before the group ends
+    first.close()
+    assert (folder / "checkpoint.json").is_file()
+    assert out1.row["checkpoint_dir"] is None
+    with caplog.at_level(logging.INFO, logger="flawmap.components.training"):
+        (out2, res2, _), = list(run_group([spec], options=options))
+    assert "resuming from" in caplog.text and "after epoch 2" in caplog.text
+    np.testing.assert_array_equal(res1.scores, res2.scores)
+    assert out2.row["checkpoint_dir"] is None and not folder.exists()
+
+
+def test_no_checkpoints_for_methods_without_training_or_when_off(synthetic_root: Path, tmp_path: Path) -> None:
+    from flawmap.bench.runner import RunOptions, RunSpec, run_group
+
+    spec = RunSpec("padim", "object", str(synthetic_root), {"backbone": "efficientnet_lite0"}, resize=64, crop=0,
+                   max_train=4)
+    list(run_group([spec], options=RunOptions(gallery=0, details=False, checkpoints=str(tmp_path / "ck"))))
+    assert not (tmp_path / "ck").exists()
+    tiny = {"image_size": 32, "grid_sizes": [2, 4], "base_channels": 4, "depth": 2, "epochs": 1, "batch_size": 4}
+    spec = RunSpec("riad", "object", str(synthetic_root), tiny, max_train=4)
+    (out, _, _), = list(run_group([spec], options=RunOptions(gallery=0, details=False)))
+    assert out.row["checkpoint_dir"] is None and not (tmp_path / "ck").exists()

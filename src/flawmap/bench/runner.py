@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -94,6 +95,7 @@ class RunOptions:
     feature_cache: str | None = None  # feature cache folder (None: off)
     details: bool = True  # compute per-image details and the pixel ROC for the report
     threads: int | None = None  # torch threads in worker processes
+    checkpoints: str | None = None  # folder of the training checkpoints of unfinished fits (None: off)
 
 
 class SplitCache:
@@ -153,6 +155,7 @@ def run_group(specs: Sequence[RunSpec], splits: SplitCache | None = None,
     cache = open_cache(options)
     cached = cache is not None
     det = get_detector(first.method, **first.params).use_feature_cache(cache)
+    ckpt = _checkpoint_dir(det, first, options)
     s0 = _stats(cache)
     with PeakRSS() as rss_fit:
         t0 = time.perf_counter()
@@ -168,7 +171,7 @@ def run_group(specs: Sequence[RunSpec], splits: SplitCache | None = None,
             pred_s = time.perf_counter() - t1
         pred_stats = _diff(_stats(cache), s1)
         metrics = evaluate(test.labels, res.scores, test.masks, res.maps)
-        params = det.get_params()
+        params = {**det.get_params(), **({"checkpoint_dir": None} if ckpt else {})}  # the row: the spec's settings
         # the shared fit's cache use is counted once, on the first run of the group (sums stay right)
         stats = {k: (fit_stats.get(k, 0) if i == 0 else 0) + pred_stats.get(k, 0) for k in pred_stats}
         row: dict[str, Any] = {
@@ -205,6 +208,19 @@ def run_group(specs: Sequence[RunSpec], splits: SplitCache | None = None,
         log.info("%s/%s: %s", spec.method, spec.category, {k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro")})
         details, artifacts = run_details(test, res, options) if options.details else ({}, {})
         yield RunOutput(spec.key(), row, details, artifacts), res, test
+    if ckpt is not None:  # every run of the group is stored: its fit will not be resumed
+        shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def _checkpoint_dir(det: Any, spec: RunSpec, options: RunOptions) -> Path | None:
+    """A trained method's checkpoint folder under ``options.checkpoints`` (one per fit key), set on ``det``
+    unless the spec gives its own: an interrupted sweep, run again, resumes the fit from its last epoch
+    (the training loop checks that the checkpoint belongs to the same settings). None: nothing to set."""
+    if not options.checkpoints or "checkpoint_dir" not in det.param_names() or det.checkpoint_dir is not None:
+        return None
+    path = Path(options.checkpoints) / spec.fit_key()
+    det.set_params(checkpoint_dir=str(path))
+    return path
 
 
 def run_one(spec: RunSpec, splits: SplitCache | None = None,
