@@ -97,6 +97,7 @@ def test_a_trained_fit_interrupted_before_its_group_is_stored_resumes_from_its_c
     assert "resuming from" in caplog.text and "after epoch 2" in caplog.text
     np.testing.assert_array_equal(res1.scores, res2.scores)
     assert out2.row["checkpoint_dir"] is None and not folder.exists()
+    assert (out2.row["trained_epochs"], out2.row["stopped_early"]) == (2, False)
 
 
 def test_no_checkpoints_for_methods_without_training_or_when_off(synthetic_root: Path, tmp_path: Path) -> None:
@@ -104,8 +105,10 @@ def test_no_checkpoints_for_methods_without_training_or_when_off(synthetic_root:
 
     spec = RunSpec("padim", "object", str(synthetic_root), {"backbone": "efficientnet_lite0"}, resize=64, crop=0,
                    max_train=4)
-    list(run_group([spec], options=RunOptions(gallery=0, details=False, checkpoints=str(tmp_path / "ck"))))
+    (out, _, _), = list(run_group([spec], options=RunOptions(gallery=0, details=False,
+                                                             checkpoints=str(tmp_path / "ck"))))
     assert not (tmp_path / "ck").exists()
+    assert "trained_epochs" not in out.row  # no training, no epochs column
     tiny = {"image_size": 32, "grid_sizes": [2, 4], "base_channels": 4, "depth": 2, "epochs": 1, "batch_size": 4}
     spec = RunSpec("riad", "object", str(synthetic_root), tiny, max_train=4)
     (out, _, _), = list(run_group([spec], options=RunOptions(gallery=0, details=False)))

@@ -60,7 +60,10 @@ def test_without_a_default_run_the_best_configuration_is_marked_tuned() -> None:
 def test_timing_table() -> None:
     cells, _ = sel.select_cells(ROWS)
     t = sel.timing_table(cells)
-    assert t.body[1] == ["padim", 2.0, pytest.approx(10.0), 100.0, "cpu", 3]
+    assert t.body[1] == ["padim", 2.0, pytest.approx(10.0), 100.0, None, "cpu", 3]
+    rows = [{**_row("fastflow", "a", 0.9), "trained_epochs": e} for e in (30, 50)]
+    (fastflow,) = sel.timing_table(sel.select_cells(rows)[0]).body
+    assert fastflow[4] == 40.0  # mean epochs trained
 
 
 def test_study_and_robustness_series() -> None:

@@ -180,6 +180,7 @@ def run_group(specs: Sequence[RunSpec], splits: SplitCache | None = None,
             "backbone": params.get("backbone"),
             **metrics,
             "fit_seconds": round(fit_s, 3),
+            **_training_columns(det),
             "predict_seconds_per_image": round(pred_s / len(test.images), 4),
             "peak_rss_mb": round(max(rss_fit.peak_mb, rss.peak_mb), 1),
             "n_train": int(len(train_images)),
@@ -210,6 +211,16 @@ def run_group(specs: Sequence[RunSpec], splits: SplitCache | None = None,
         yield RunOutput(spec.key(), row, details, artifacts), res, test
     if ckpt is not None:  # every run of the group is stored: its fit will not be resumed
         shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def _training_columns(det: Any) -> dict[str, Any]:
+    """A trained method's epochs: ``trained_epochs`` (run, incl. resumed ones), ``best_epoch`` (whose weights
+    were kept; None: the last) and ``stopped_early`` (the stopping rule ended it before ``epochs``); nothing
+    for methods without training."""
+    rep = getattr(det, "train_report", None)
+    if rep is None:
+        return {}
+    return {"trained_epochs": int(rep.epochs_done), "best_epoch": rep.best_epoch, "stopped_early": bool(rep.stopped_early)}
 
 
 def _checkpoint_dir(det: Any, spec: RunSpec, options: RunOptions) -> Path | None:

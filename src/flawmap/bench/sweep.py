@@ -159,7 +159,7 @@ def _run_locked(study: StudyConfig, specs: list[RunSpec], tags: dict[str, list[s
             spec = next((s for s in todo if s.key() == item.key), None)
             label = describe(spec) if spec else f"{r['method']} on {r['category']}"
             echo(f"[{i}/{len(todo)}] {label}: image_auroc={format_value(r.get('image_auroc'))} "
-                 f"pixel_auroc={format_value(r.get('pixel_auroc'))} fit {r.get('fit_seconds')} s")
+                 f"pixel_auroc={format_value(r.get('pixel_auroc'))} fit {r.get('fit_seconds')} s{_epochs(r)}")
     finally:
         keys = {s.key() for s in specs}
         rows = [r for r in store.rows() if r.get("run_key") in keys]
@@ -167,6 +167,13 @@ def _run_locked(study: StudyConfig, specs: list[RunSpec], tags: dict[str, list[s
         parquet_path = write_parquet(rows, out / "results.parquet", FIRST_COLUMNS) if rows else None
     return SweepResult(rows, len(specs), len(specs) - len(todo), i, failures, csv_path, parquet_path,
                        time.perf_counter() - t_start)
+
+
+def _epochs(row: dict[str, Any]) -> str:
+    """' (N epochs, stopped early)' for a trained method's row, '' otherwise."""
+    if row.get("trained_epochs") is None:
+        return ""
+    return f" ({row['trained_epochs']} epochs{', stopped early' if row.get('stopped_early') else ''})"
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:

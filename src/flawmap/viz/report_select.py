@@ -24,7 +24,7 @@ COMPARISON = "comparison"
 #: the columns of a results row that are not hyperparameters (for methods not registered here)
 NOT_PARAMS = {"corruption_seed", "data_root", "max_train", "run_key", "fit_key", "feature_cache", "feature_cache_hits",
               "feature_cache_misses", "feature_seconds", "flawmap_version", "torch_threads", "resolved_device",
-              "finished_at", "experiment", "data_fingerprint"}
+              "finished_at", "experiment", "data_fingerprint", "trained_epochs", "best_epoch", "stopped_early"}
 Row = dict[str, Any]
 Series = dict[str, dict[str, list[float | None]]]  # line name -> metric -> y per x
 
@@ -201,14 +201,16 @@ def non_default_settings(cells: dict[tuple[str, str], Cell]) -> dict[str, str]:
 
 
 def timing_table(cells: dict[tuple[str, str], Cell]) -> Table:
-    """Per method, over its comparison runs: mean fit s, inference ms / image, peak RSS MiB, device, runs."""
+    """Per method, over its comparison runs: mean fit s, inference ms / image, peak RSS MiB, mean epochs trained
+    (trained methods; None: no training, or rows stored before the column), device, runs."""
     body = []
     for m in order(m for m, _ in cells):
         rs = [r for (mm, _), c in cells.items() if mm == m for r in c.rows]
         ppi = mean(r.get("predict_seconds_per_image") for r in rs)
         body.append([m, mean(r.get("fit_seconds") for r in rs), None if ppi is None else ppi * 1000,
-                     mean(r.get("peak_rss_mb") for r in rs), order(str(r.get("resolved_device")) for r in rs)[0], len(rs)])
-    return Table(["method", "fit (s)", "inference (ms / image)", "peak RSS (MiB)", "device", "runs"], body,
+                     mean(r.get("peak_rss_mb") for r in rs), mean(r.get("trained_epochs") for r in rs),
+                     order(str(r.get("resolved_device")) for r in rs)[0], len(rs)])
+    return Table(["method", "fit (s)", "inference (ms / image)", "peak RSS (MiB)", "epochs trained", "device", "runs"], body,
                  csv_name="timing.csv", digits=1)
 
 
