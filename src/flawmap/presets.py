@@ -81,10 +81,10 @@ _PRESETS: dict[str, Preset] = {p.name: p for p in (
            params={"fastflow": dict(_STOP), "riad": dict(_STOP)}),
     Preset(FAST_CPU, "`fast` for a CPU: the same stopping rules, and RIAD, which at the paper's 256 px and 64-channel "
            "U-Net needs a GPU (14-70 min per epoch on one core), at 64 px with cell sizes 2/4/8, a 16-channel depth-3 "
-           "U-Net, lr 1e-3 and map smoothing 5, NOT the paper's size (bottle: 0.973-0.991 image AUROC vs the paper's 0.999). "
+           "U-Net, lr 1e-3 and map smoothing 5, NOT the paper's size (bottle: 0.967-0.991 image AUROC vs the paper's 0.999). "
            "Other methods: paper settings",
            params={"fastflow": dict(_STOP), "riad": {**_RIAD_CPU, **_STOP}},
-           cost="bottle, 1 CPU thread: FastFlow stops at ~32 epochs (~5.4 min), RIAD at 68-91 (AMD EPYC, float32: "
+           cost="bottle, 1 CPU thread: FastFlow stops at ~32 epochs (~5.4 min), RIAD at 68-91 epochs (AMD EPYC, float32: "
                 "13 s per epoch, ~19 min; Intel with AMX, bf16: 3.5 s per epoch, ~4 min)"),
     Preset(ACCURATE, "PatchCore for hard parts (rotated, thin defects, grey) with the offline efficientnet_lite2 "
            "(issue 13): its stride-4 stage added to the paper's stride 8 / 16 ones (layers blocks.1, blocks.2, "
