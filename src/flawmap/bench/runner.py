@@ -155,6 +155,7 @@ def run_group(specs: Sequence[RunSpec], splits: SplitCache | None = None,
     cache = open_cache(options)
     cached = cache is not None
     det = get_detector(first.method, **first.params).use_feature_cache(cache)
+    params = det.get_params()  # the spec's settings, for the rows (before a checkpoint folder is set)
     ckpt = _checkpoint_dir(det, first, options)
     s0 = _stats(cache)
     with PeakRSS() as rss_fit:
@@ -171,7 +172,6 @@ def run_group(specs: Sequence[RunSpec], splits: SplitCache | None = None,
             pred_s = time.perf_counter() - t1
         pred_stats = _diff(_stats(cache), s1)
         metrics = evaluate(test.labels, res.scores, test.masks, res.maps)
-        params = {**det.get_params(), **({"checkpoint_dir": None} if ckpt else {})}  # the row: the spec's settings
         # the shared fit's cache use is counted once, on the first run of the group (sums stay right)
         stats = {k: (fit_stats.get(k, 0) if i == 0 else 0) + pred_stats.get(k, 0) for k in pred_stats}
         row: dict[str, Any] = {
@@ -209,7 +209,7 @@ def run_group(specs: Sequence[RunSpec], splits: SplitCache | None = None,
         log.info("%s/%s: %s", spec.method, spec.category, {k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro")})
         details, artifacts = run_details(test, res, options) if options.details else ({}, {})
         yield RunOutput(spec.key(), row, details, artifacts), res, test
-    if ckpt is not None:  # every run of the group is stored: its fit will not be resumed
+    if ckpt is not None:  # every run of the group has been handed on to be stored: its fit will not be resumed
         shutil.rmtree(ckpt, ignore_errors=True)
 
 
