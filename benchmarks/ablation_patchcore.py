@@ -60,7 +60,7 @@ SETTINGS: dict[str, Setting] = {
     **{f"emb{d}-256": Setting({"embedding_dim": d}, {"resize": 256, **NO_CROP}) for d in (32, 64, 128)},
     "imagenet-256": Setting({"normalization": "imagenet"}, {"resize": 256, **NO_CROP}),
     **{f"pad-{r}": Setting({}, {"resize": r, **NO_CROP, "aspect": "pad"}, note="letterbox") for r in (256, 384, 512)},
-    # rotation coverage / test-time rotations / backbone ensembles (issue 13)
+    # rotation coverage / test-time rotations / backbone ensembles
     **{f"rot-train{r}-256": Setting({"train_rotations": r}, {"resize": 256, **NO_CROP},
                                     note=f"bank also at {r} more orientations") for r in (3, 7)},
     "rot-test3-256": Setting({"test_rotations": 3}, {"resize": 256, **NO_CROP}, note="min over 4 orientations"),

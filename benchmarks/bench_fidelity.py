@@ -1,4 +1,4 @@
-"""Fidelity of PatchCore and PaDiM against the reference implementations (issue 13), on MVTec AD bottle.
+"""Fidelity of PatchCore and PaDiM against the reference implementations, on MVTec AD bottle.
 
     python benchmarks/bench_fidelity.py --root ../shared/data/mvtec --category bottle --out /tmp/fidelity.csv
 
@@ -20,7 +20,7 @@ random d = 100, seeds 0-2: the channel draw alone moves pixel AUROC by ~0.001). 
 
 Backbone features are cached per normalisation in a temporary feature cache, so the rows of one
 normalisation share one backbone pass; the times therefore are not comparable and are not reported.
-Reference figures (issue 13, not measured here): anomalib 2.7, same weights, data and coreset: PatchCore
+Reference figures (reported, not measured here): anomalib 2.7, same weights, data and coreset: PatchCore
 pixel AUROC 0.987, PaDiM (d = 100) 0.980; an independent PatchCore 0.987; image AUROC equal.
 """
 

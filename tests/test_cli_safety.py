@@ -1,4 +1,4 @@
-"""Issue 14: nothing lost, nothing silent. The CLI on hostile input: outputs it must not destroy or
+"""Nothing lost, nothing silent. The CLI on hostile input: outputs it must not destroy or
 mix, values it must refuse up front, and one clear line instead of a traceback."""
 
 from __future__ import annotations

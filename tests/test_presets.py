@@ -211,7 +211,7 @@ def test_accurate_preset_on_bench_yaml_and_tune(monkeypatch: pytest.MonkeyPatch)
     from flawmap.presets import ACCURATE
 
     want = get_preset(ACCURATE).params_for("patchcore")
-    assert want["train_rotations"] == 3 and len(want["layers"]) == 3  # what the README ablation chose
+    assert want["train_rotations"] == 3 and len(want["layers"]) == 3  # what the ablation chose (docs/results.md)
     det = get_detector("patchcore", preset=ACCURATE, coreset_ratio=0.05)
     assert det.train_rotations == 3 and tuple(det.layers) == tuple(want["layers"]) and det.coreset_ratio == 0.05
     specs = load_study_from({"methods": ["patchcore", "padim"], "preset": ACCURATE}, monkeypatch)

@@ -33,9 +33,33 @@ def _int_at_least(low: int):
     return parse
 
 
+def _names(module: str, attr: str) -> Any:
+    """Help text listing a registry's names, read only when the help is printed (the registries import torch;
+    parsing the command line must not): ``_names("flawmap.registry", "list_detectors")`` -> "fastflow, padim, ..."."""
+    def names() -> str:
+        import importlib
+
+        found = getattr(importlib.import_module(module), attr)
+        return ", ".join(found() if callable(found) else found)
+
+    return names
+
+
+class _Help(str):
+    """argparse help whose ``{}`` fields are filled by ``_names`` functions when ``--help`` is printed."""
+
+    def __new__(cls, text: str, *fields: Any) -> "_Help":
+        obj = super().__new__(cls, text)
+        obj.fields = fields
+        return obj
+
+    def __mod__(self, params: Any) -> str:
+        return str.__mod__(str.format(self, *(f() for f in self.fields)), params)
+
+
 def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--data", required=required, help="MVTec-layout root folder (<root>/<category>/train/good, test/, ground_truth/), "
-                   "or the name of an embedded dataset, generated once: synthetic, synthetic-hard")
+    p.add_argument("--data", required=required, help=_Help("MVTec-layout root folder (<root>/<category>/train/good, test/, ground_truth/), "
+                   "or the name of an embedded dataset, generated once: {}", _names("flawmap.data.synthetic", "EMBEDDED_DATASETS")))
     p.add_argument("--resize", type=int, default=None, help="resize images to this size (default: the method's paper setting)")
     p.add_argument("--crop", type=int, default=None, help="center crop after resize (default: the method's paper setting; 0 = no crop)")
     _add_aspect_arg(p)
@@ -50,8 +74,10 @@ def _add_aspect_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_preset_arg(p: argparse.ArgumentParser) -> None:
+    from .presets import list_presets
+
     p.add_argument("--preset", default=None, metavar="NAME", help="named per-method hyperparameters and preprocessing "
-                   "(paper, cpu-quick, fast, ...; `flawmap list --presets`); an explicit --param / --resize / --crop / "
+                   f"({', '.join(list_presets())}; `flawmap list --presets`); an explicit --param / --resize / --crop / "
                    "--aspect wins")
 
 
@@ -599,14 +625,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("test", help="evaluate a saved model on a category's test split (AUROC, AUPRO and the "
                        "false-alarm / miss rates of its stored decision)")
     p.add_argument("model", help="model folder written by `flawmap fit`")
-    p.add_argument("--data", required=True, help="MVTec-layout root folder, or an embedded dataset: synthetic, "
-                   "synthetic-hard")
+    p.add_argument("--data", required=True, help=_Help("MVTec-layout root folder, or an embedded dataset: {}",
+                                                       _names("flawmap.data.synthetic", "EMBEDDED_DATASETS")))
     p.add_argument("--category", required=True, help="category folder under --data")
     p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("export", help="export a saved model to one ONNX file (runs with onnxruntime, without PyTorch)")
-    p.add_argument("model", help="model folder written by `flawmap fit` (patchcore, padim or fastflow)")
+    p.add_argument("model", help=_Help("model folder written by `flawmap fit` (methods that export: {})",
+                                       _names("flawmap.deploy.export", "EXPORTABLE")))
     p.add_argument("--format", default="onnx", help="export format (default and only one: onnx)")
     p.add_argument("-o", "--out", required=True, help="file to write (.onnx); the preprocessing and calibration "
                    "are stored inside it; an existing export is replaced only with --force")
@@ -619,14 +646,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "feature_cache, gallery, report; or a study with experiments: {name: {...}}); flags override it")
     p.add_argument("--study", default=None, metavar="NAME", help="run a study preset: study_NAME.yaml from ./configs or "
                    "the presets shipped with flawmap (e.g. `--study seed`, every experiment of the original study) or a study YAML path")
-    p.add_argument("--data", default=None, help="MVTec-layout root, or an embedded dataset: synthetic (the default, no download) or synthetic-hard "
-                   "(the hard development benchmark)")
+    p.add_argument("--data", default=None, help=_Help("MVTec-layout root, or an embedded dataset: {} (the first is the "
+                   "default, no download)", _names("flawmap.data.synthetic", "EMBEDDED_DATASETS")))
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all under --data)")
     p.add_argument("--experiments", default=None, metavar="NAMES", help="comma-separated experiments of the study to "
                    "run (default: all; e.g. everything but a GPU-sized one, listed in the study YAML)")
-    p.add_argument("--methods", default=None, help="comma-separated methods (default without CONFIG/--study: all "
-                   "five, patchcore, padim, spade, fastflow, riad, with the cpu-quick presets of flawmap.bench.defaults; "
-                   "with --study: only these methods of the study)")
+    p.add_argument("--methods", default=None, help=_Help("comma-separated methods (default without CONFIG/--study: all "
+                   "of {}, with the cpu-quick presets of flawmap.bench.defaults; with --study: only these methods of the "
+                   "study)", _names("flawmap.registry", "list_detectors")))
     _add_preset_arg(p)
     p.add_argument("--grid", action="append", metavar="KEY=[V1,V2]",
                    help="sweep a hyperparameter over values, repeatable (cartesian product); KEY may be METHOD.KEY")
@@ -636,9 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "`backbone` parameter not set otherwise (see `flawmap list`)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds; each run is repeated per seed (param `seed`)")
     p.add_argument("--corruption", action="append", metavar="NAME[:SEV[:P]]",
-                   help="corrupt the TEST images, repeatable: e.g. gaussian_noise:1,3,5:0.3 (severities 1..5, "
-                        "probability per image p; default all severities, p=1); corruptions: gaussian_noise, "
-                        "salt_pepper, gaussian_blur, jpeg, brightness_contrast, misalignment")
+                   help=_Help("corrupt the TEST images, repeatable: e.g. gaussian_noise:1,3,5:0.3 (severities 1..5, "
+                           "probability per image p; default all severities, p=1); corruptions: {}",
+                           _names("flawmap.data.corruptions", "list_corruptions")))
     p.add_argument("--resize", type=int, default=None, help="resize size (default: each method's paper setting)")
     p.add_argument("--crop", type=int, default=None, help="center crop (default: paper setting; 0 = none)")
     _add_aspect_arg(p)
@@ -677,16 +704,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "metric, val_fraction, seed, resize, crop, aspect, max_train, out, storage, study_name); flags override it")
     p.add_argument("--method", default=None, help="detector to tune (default: patchcore)")
     _add_preset_arg(p)
-    p.add_argument("--data", default=None, help="MVTec-layout root, or an embedded dataset: synthetic (the default) or synthetic-hard")
+    p.add_argument("--data", default=None, help=_Help("MVTec-layout root, or an embedded dataset: {} (the first is the "
+                   "default)", _names("flawmap.data.synthetic", "EMBEDDED_DATASETS")))
     p.add_argument("--categories", default=None, help="comma-separated categories; the objective is their mean "
                    "(default: the first category under --data)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="fixed hyperparameter, repeatable")
     p.add_argument("--search", action="append", metavar="KEY=SPEC", help="search space entry, repeatable: "
                    "KEY=[v1,v2] (categorical), KEY=float:LOW:HIGH[:log], KEY=int:LOW:HIGH[:log] (default: "
-                   "the method's built-in space; see README)")
+                   "the method's built-in space; see the documentation, Benchmarks and studies)")
     p.add_argument("--trials", type=_int_at_least(1), default=None, help="trials run by this process (default 20)")
-    p.add_argument("--metric", default=None, help="objective to maximise: image_auroc (default), pixel_auroc, aupro, "
-                   "image_f1, pixel_f1")
+    p.add_argument("--metric", default=None, help=_Help("objective to maximise: {} (default: the first)",
+                                                        _names("flawmap.metrics.evaluate", "METRIC_KEYS")))
     p.add_argument("--val-fraction", type=float, default=None, help="fraction of each label's test images used as the "
                    "validation split for the objective (default 0.5); final figures use the rest")
     p.add_argument("--seed", type=int, default=None, help="seed of the validation split and the sampler (default 0)")

@@ -29,7 +29,7 @@ class Preset:
     description: str
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     preprocessing: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    cost: str = ""  # measured cost per image / memory, shown by `flawmap list --presets`
+    cost: str = ""  # a short cost statement, shown by `flawmap list --presets` (figures: docs/results.md)
 
     def params_for(self, method: str) -> dict[str, Any]:
         """The hyperparameters this preset sets for ``method`` ({} = the paper's)."""
@@ -59,10 +59,10 @@ FAST_CPU = "fast-cpu"
 ACCURATE = "accurate"
 #: ``fast``'s stopping rule for the trained methods: a seeded 10% of the TRAINING images held out, patience 10
 _STOP = {"val_fraction": 0.1, "patience": 10}
-#: RIAD small enough to converge on one CPU core (issue 12, README "RIAD"): 64 px, cell sizes {2, 4, 8}, a 16-channel
-#: depth-3 U-Net, lr 1e-3, map smoothing sigma 5 (scaled from the paper's 256 px); bottle stopped at epoch 68-91
+#: RIAD small enough to converge on one CPU core: 64 px, cell sizes {2, 4, 8}, a 16-channel depth-3 U-Net,
+#: lr 1e-3, map smoothing sigma 5 (scaled from the paper's 256 px); measured runs: docs/results.md
 _RIAD_CPU = {"image_size": 64, "grid_sizes": (2, 4, 8), "base_channels": 16, "depth": 3, "lr": 1e-3, "smoothing": 5}
-#: the ``accurate`` PatchCore (issue 13; chosen on synthetic-hard, confirmed on rotated bottle, README "Ablation"):
+#: the ``accurate`` PatchCore (chosen on synthetic-hard, confirmed on rotated bottle; docs/results.md, "PatchCore ablation"):
 #: efficientnet_lite2's stride-4 stage added (blocks.1, 24 ch) to the paper's stride 8 / 16 stages, and the bank
 #: also holding each training image at 90 / 180 / 270 degrees
 ACCURATE_PATCHCORE = {"layers": ("blocks.1", "blocks.2", "blocks.4"), "train_rotations": 3}
@@ -80,20 +80,19 @@ _PRESETS: dict[str, Preset] = {p.name: p for p in (
            "likelihood never flattens), RIAD after 10 epochs without a lower validation loss (best weights restored)",
            params={"fastflow": dict(_STOP), "riad": dict(_STOP)}),
     Preset(FAST_CPU, "`fast` for a CPU: the same stopping rules, and RIAD, which at the paper's 256 px and 64-channel "
-           "U-Net needs a GPU (14-70 min per epoch on one core), at 64 px with cell sizes 2/4/8, a 16-channel depth-3 "
-           "U-Net, lr 1e-3 and map smoothing 5, NOT the paper's size (bottle: 0.967-0.991 image AUROC vs the paper's 0.999). "
+           "U-Net needs a GPU, at 64 px with cell sizes 2/4/8, a 16-channel depth-3 "
+           "U-Net, lr 1e-3 and map smoothing 5, NOT the paper's size. "
            "Other methods: paper settings",
            params={"fastflow": dict(_STOP), "riad": {**_RIAD_CPU, **_STOP}},
-           cost="bottle, 1 CPU thread: FastFlow stops at ~32 epochs (~5.4 min), RIAD at 68-91 epochs (AMD EPYC, float32: "
-                "13 s per epoch, ~19 min; Intel with AMX, bf16: 3.5 s per epoch, ~4 min)"),
+           cost="bottle, 1 CPU thread: minutes per trained method (measured runs: docs/results.md)"),
     Preset(ACCURATE, "PatchCore for hard parts (rotated, thin defects, grey) with the offline efficientnet_lite2 "
-           "(issue 13): its stride-4 stage added to the paper's stride 8 / 16 ones (layers blocks.1, blocks.2, "
+           "its stride-4 stage added to the paper's stride 8 / 16 ones (layers blocks.1, blocks.2, "
            "blocks.4; another backbone needs its own --param layers=...), the memory bank also at 90 / 180 / 270 "
            "degrees (train_rotations=3), 256 px without the centre crop. Other methods: paper settings",
            params={"patchcore": ACCURATE_PATCHCORE},
            preprocessing={"patchcore": {"resize": 256, "crop": 0}},
-           cost="bottle, 209 training images, 1 CPU thread: fit 131 s (8.7x the paper PatchCore at 256 px), "
-                "predict 272 ms/image (3.3x), bank 25 MB, +4.3 GB peak RSS while fitting"),
+           cost="about 9x the paper PatchCore's fit time and 3x its predict ms/image, a larger memory bank "
+                "(bottle, 1 CPU thread; measured runs: docs/results.md)"),
 )}
 
 

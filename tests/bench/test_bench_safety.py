@@ -1,4 +1,4 @@
-"""Issue 14 for `flawmap bench` / `flawmap report`: typos in keys, resume after a dataset change, two
+"""Nothing lost, nothing silent, for `flawmap bench` / `flawmap report`: typos in keys, resume after a dataset change, two
 processes on one results folder, a read-only results store."""
 
 from __future__ import annotations

@@ -107,8 +107,8 @@ def bf16_is_native(device: torch.device) -> bool:
 
 def channels_last_helps(device: torch.device) -> bool:
     """The one layout rule of the trained networks (RIAD's U-Net, FastFlow's flows): channels_last on CUDA and
-    on CPUs with AMX tiles (:func:`bf16_is_native`), where it was measured faster, contiguous on other CPUs,
-    where it was measured slower (AMD EPYC, 1 thread: U-Net fwd + bwd 1.35x, FastFlow flows 1.035x)."""
+    on CPUs with AMX tiles (:func:`bf16_is_native`), where it is faster, contiguous on other CPUs, where it is
+    slower (measurements: docs/results.md, "RIAD")."""
     return device.type == "cuda" or bf16_is_native(device)
 
 
