@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from flawmap.cli import main
@@ -97,17 +98,24 @@ def test_the_calibration_scores_come_from_images_the_model_did_not_see(model: Pa
     """Re-derive the split and score the held-out files with the stored model: the stored calibration
     scores are exactly theirs, and none of them was a training image (training images score lower)."""
     from flawmap.data import find_images, load_files
-    from flawmap.deploy.calibration import plan_calibration
     from flawmap.deploy.predictor import open_predictor
 
-    plan = plan_calibration(find_images(folders["good"]), seed=0)
-    assert len(plan.calibration) == 8 and not set(plan.calibration) & set(plan.train)
+    extra = json.loads((model / "config.json").read_text())["extra"]
+    calibration = [Path(p) for p in extra["calibration_images"]]
+    files = find_images(folders["good"])
+    train = [f for f in files if f not in calibration]
+    assert len(calibration) == extra["calibration"]["n_images"] >= 8 and len(train) == extra["n_train"]
+    assert set(calibration) <= set(files)
     pred = open_predictor(model)
-    held = load_files(plan.calibration, pred.transform)
+    held = load_files(calibration, pred.transform)
     scores, _ = pred.raw(held.images.numpy())
     np.testing.assert_allclose(sorted(scores), _calibration(model)["scores"], rtol=1e-5)
-    seen, _ = pred.raw(load_files(plan.train, pred.transform).images.numpy())
-    assert np.median(seen) < np.median(scores)  # PatchCore: a training image is in its own memory bank
+    bank = pred.detector.memory_bank_  # (k, D): every stored patch comes from a training image
+    seen = pred.detector._embed(pred.detector._backbone_features(load_files(train, pred.transform).images))
+    held_emb = pred.detector._embed(pred.detector._backbone_features(held.images))
+    d_seen = torch.cdist(bank, seen.reshape(-1, bank.shape[1])).min(dim=1).values
+    d_held = torch.cdist(bank, held_emb.reshape(-1, bank.shape[1])).min(dim=1).values
+    assert float(d_seen.max()) < float(d_held.min())  # the bank holds training patches, no held-out one
 
 
 def test_fit_with_val_good_and_val_bad(folders: dict[str, Path], tmp_path: Path,
@@ -138,12 +146,15 @@ def test_skip_bad_skips_and_lists_a_corrupt_training_image(folders: dict[str, Pa
     from flawmap.deploy.calibration import plan_calibration
 
     good = shutil.copytree(folders["good"], tmp_path / "good")
-    bad = next(p for p in plan_calibration(find_images(good)).train if p.suffix == ".png")  # a training image
+    plan = plan_calibration(find_images(good), group_by="none")
+    train, _ = plan.split()
+    bad = next(p for p, t in zip(plan.files, train) if t and p.suffix == ".png")  # a training image
     bad.write_bytes(bad.read_bytes()[:100])  # truncated
     assert main(["fit", "--train", str(good), "--out", str(tmp_path / "m1"), *FAST]) == 2
     _one_error_line(capsys, bad.name)
     _nothing_written(tmp_path, "m1")
-    assert main(["fit", "--train", str(good), "--skip-bad", "--out", str(tmp_path / "m2"), *FAST]) == 0
+    assert main(["fit", "--train", str(good), "--skip-bad", "--group-by", "none", "--out", str(tmp_path / "m2"),
+                 *FAST]) == 0
     assert f"skipped unreadable image: {bad}" in capsys.readouterr().err
     extra = json.loads((tmp_path / "m2" / "config.json").read_text())["extra"]
     assert extra["skipped_images"] == [str(bad)] and (extra["n_train"], extra["calibration"]["n_images"]) == (5, 8)

@@ -109,19 +109,32 @@ def _fit_sources(args: argparse.Namespace):
         raise ConfigError("give --train DIR (a folder of good images), or --data ROOT together with --category C")
     if args.val_good is not None and args.calibration_fraction is not None:
         raise ConfigError("give either --val-good DIR or --calibration-fraction, not both")
+    if args.val_good is not None and args.group_by is not None:
+        raise ConfigError("give either --val-good DIR or --group-by, not both (--val-good images are all calibration)")
     if args.train is not None:
-        files = find_images(args.train, "--train")
+        root, files = Path(args.train), find_images(args.train, "--train")
     else:
-        files = [s.path for s in scan_category(resolve_data_root(args.data), args.category).train]
+        cat = scan_category(resolve_data_root(args.data), args.category)
+        files = [s.path for s in cat.train]
+        root = files[0].parent if files else None
     fraction = DEFAULT_CALIBRATION_FRACTION if args.calibration_fraction is None else args.calibration_fraction
     return plan_calibration(files, val_good=None if args.val_good is None else find_images(args.val_good, "--val-good"),
-                            fraction=fraction, seed=args.seed,
+                            fraction=fraction, seed=args.seed, group_by=args.group_by or "auto", root=root,
                             val_bad=() if args.val_bad is None else find_images(args.val_bad, "--val-bad"))
+
+
+def _assumption(plan: Any, cal: Any) -> str:
+    """What the calibration's promise assumes, in words (one line of `flawmap fit`)."""
+    if plan.val_good is not None:
+        return "the --val-good images must be other parts than the training images, shot as on the line"
+    return (f"shots of one part never straddle training and calibration (group-by {plan.group_by}; "
+            "--group-by folder|REGEX if you know the parts)")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from .base import check_save_target
     from .deploy.calibration import fit_calibrated
+    from .deploy.groups import leakage_line
     from .metrics.thresholds import check_target_fpr
     from .registry import get_detector
 
@@ -134,7 +147,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     check_save_target(args.out, overwrite=args.force)  # before the fit: a refused or read-only --out costs nothing
     tf = _transform(args.method, args.resize, args.crop, args.preset, args.aspect)
     plan = _fit_sources(args)
-    fitted = fit_calibrated(det, plan, tf, target_fpr=args.target_fpr, skip_bad=args.skip_bad)
+    fitted = fit_calibrated(det, plan, tf, target_fpr=args.target_fpr, skip_bad=args.skip_bad,
+                            device=args.device or "auto")
     where = {"train": str(args.train)} if args.train is not None else {"data": str(args.data), "category": args.category}
     path = det.save(args.out, extra=fitted.extra(**where), overwrite=args.force)
     for f in fitted.skipped:
@@ -143,8 +157,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(f"fitted {args.method} on {fitted.n_train} images in {fitted.fit_seconds:.1f} s -> {path}")
     print(f"calibration: {cal.source}; anomalous iff score >= {cal.image_threshold:.6g} (target false-alarm rate "
           f"{100 * cal.target_fpr:g}%, guaranteed {100 * cal.guaranteed_fpr:.1f}%)")
+    print(f"this holds for new parts if they are like the calibration images: {_assumption(plan, cal)}")
     if note := cal.resolution_note():
         print(note, file=sys.stderr)
+    if warning := leakage_line(cal.leakage or {}):
+        print(warning, file=sys.stderr)
     if fitted.val_bad is not None:
         vb = fitted.val_bad
         print(f"--val-bad: {vb['misses']} of {vb['n']} defective images pass as good (expected miss rate "
@@ -268,6 +285,53 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(f"stored decision (score >= {cal.image_threshold:.6g}): {rates['false_alarms']} false alarms on "
               f"{rates['n_good']} good images, {rates['misses']} misses on {rates['n_defective']} defective images")
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Score independent good (and defective) images; compare the observed rates with the stored promise."""
+    from .data import find_images, load_files
+    from .deploy.calibration import recalibrate_model
+    from .deploy.predictor import open_predictor
+    from .errors import DataError
+    from .metrics import binomial_interval, calibrate
+    from .metrics.thresholds import MIN_CALIBRATION_IMAGES
+
+    pred = open_predictor(args.model, device=args.device)
+    cal = pred.calibration
+    if cal is None:
+        raise DataError(f"{args.model} has no calibration to check (fitted by an older flawmap); refit it with `flawmap fit`")
+    good = load_files(find_images(args.good, "--good"), pred.transform, desc="good")
+    scores, maps = pred.raw(good.images.numpy())
+    k, n = int(cal.decide(scores).sum()), len(scores)
+    lo, hi = binomial_interval(k, n, args.confidence)
+    conf = f"{100 * args.confidence:g}%"
+    print(f"good: {k} false alarms on {n} images = {100 * k / n:.1f}% ({conf} interval {100 * lo:.1f}-{100 * hi:.1f}%); "
+          f"stored target {100 * cal.target_fpr:g}%, guaranteed {100 * cal.guaranteed_fpr:.1f}% ({cal.source})")
+    violated = lo > cal.guaranteed_fpr
+    if violated:
+        print(f"PROMISE VIOLATED: even the lower end of the interval ({100 * lo:.1f}%) is above the guaranteed "
+              f"{100 * cal.guaranteed_fpr:.1f}%: these parts are not like the calibration images. Refit with "
+              "--group-by / --val-good of other parts, or store a threshold from these images: --recalibrate")
+    elif hi < cal.guaranteed_fpr or k / n <= cal.guaranteed_fpr:
+        print("consistent with the promise")
+    else:
+        print(f"not shown to be violated: the rate is above the guaranteed one, but {n} images cannot tell (give more)")
+    if args.bad is not None:
+        bad = load_files(find_images(args.bad, "--bad"), pred.transform, desc="bad")
+        passed = int((~cal.decide(pred.raw(bad.images.numpy())[0])).sum())
+        blo, bhi = binomial_interval(passed, len(bad), args.confidence)
+        print(f"defective: {passed} of {len(bad)} pass as good = miss rate {100 * passed / len(bad):.1f}% "
+              f"({conf} interval {100 * blo:.1f}-{100 * bhi:.1f}%)")
+    if args.recalibrate:
+        if n < MIN_CALIBRATION_IMAGES:
+            raise DataError(f"--recalibrate needs at least {MIN_CALIBRATION_IMAGES} good images; got {n}")
+        new = calibrate(scores, maps, cal.target_fpr, source=f"{n} good images of {args.good} (flawmap check --recalibrate)")
+        extra = recalibrate_model(args.model, new)
+        print(f"recalibrated: anomalous iff score >= {new.image_threshold:.6g} (was {cal.image_threshold:.6g}; target "
+              f"{100 * new.target_fpr:g}%, guaranteed {100 * new.guaranteed_fpr:.1f}%); the previous calibration is "
+              f"kept in the model's calibration_history ({len(extra['calibration_history'])} entries)")
+        return 0
+    return 1 if violated else 0
 
 
 def _parse_corruption(text: str):
@@ -603,6 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "for calibration, in (0, 1) (default 0.15, at least 8 images); not with --val-good")
     p.add_argument("--target-fpr", type=float, default=0.01, help="target false-alarm rate on good images, in (0, 1) "
                    "(default 0.01 = 1%%)")
+    p.add_argument("--group-by", default=None, metavar="RULE", help="which good images belong together (shots of "
+                   "one part, bursts): the calibration holds out whole groups. auto (default: near-copies found in "
+                   "the images), folder (each sub-folder), none (every image alone), or a regex whose first capture "
+                   "group names the part, e.g. 'part(\\d+)_'")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration hold-out draw (default 0)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed at the end) instead of "
                    "stopping at the first one")
@@ -621,6 +689,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_int_at_least(1), default=8, help="images per batch (default 8)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("check", help="check a saved model's false-alarm promise on independent good images (and its "
+                       "miss rate on defective ones); exit status 1 when the promise is violated")
+    p.add_argument("model", help="model folder written by `flawmap fit`")
+    p.add_argument("--good", required=True, metavar="DIR", help="good images of parts the model never saw")
+    p.add_argument("--bad", default=None, metavar="DIR", help="defective images (optional): the miss rate")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the binomial intervals (default 0.95)")
+    p.add_argument("--recalibrate", action="store_true", help="store a new threshold computed from the --good images "
+                   "(the same held-out rule, at the stored target); the previous calibration stays in the model's history")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("test", help="evaluate a saved model on a category's test split (AUROC, AUPRO and the "
                        "false-alarm / miss rates of its stored decision)")

@@ -154,5 +154,5 @@ def test_cli_data_synthetic_hard(tiny_embedded: Path, tmp_path: Path, capsys: py
     assert len(rows) == 1 and rows[0]["category"] == "tall_part" and rows[0]["n_test"] == "5"
     args = build_parser().parse_args(["fit", "--data", "synthetic-hard", "--category", "gray_part", "--out", str(tmp_path / "m")])
     plan = _fit_sources(args)  # flawmap fit --data synthetic-hard reads the same folder
-    assert len(plan.train) + len(plan.calibration) == 10
-    assert all(f.parent == tiny_embedded / "gray_part" / "train" / "good" for f in (*plan.train, *plan.calibration))
+    assert len(plan.files) == 10 and plan.val_good is None
+    assert all(f.parent == tiny_embedded / "gray_part" / "train" / "good" for f in plan.files)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .auroc import image_auroc, pixel_auroc, roc_curve
-from .evaluate import METRIC_KEYS, decision_rates, evaluate
+from .evaluate import METRIC_KEYS, binomial_interval, decision_rates, evaluate
 from .f1 import f1_max, pixel_f1_max
 from .pro import aupro, pro_curve
 from .thresholds import (
@@ -23,6 +23,7 @@ from .thresholds import (
 __all__ = [
     "MIN_CALIBRATION_IMAGES",
     "Calibration",
+    "binomial_interval",
     "decision_rates",
     "calibrate",
     "fpr_threshold",

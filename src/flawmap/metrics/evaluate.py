@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigError, DataError
 from .auroc import as_array, image_auroc, pixel_auroc, validate_maps, validate_scores
 from .f1 import f1_max, pixel_f1_max
@@ -40,6 +42,23 @@ def evaluate(
         out["aupro"] = aupro(m, a, fpr_limit)
         out["pixel_f1"] = pixel_f1_max(m, a)[0]
     return out
+
+
+def binomial_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson (exact) two-sided interval for a rate of ``k`` events in ``n`` trials: the true rate
+    lies in it with probability >= ``confidence``. (0, 1) when n = 0."""
+    from scipy.stats import beta
+
+    if not (isinstance(n, (int, np.integer)) and isinstance(k, (int, np.integer)) and 0 <= k <= n):
+        raise DataError(f"binomial_interval: need integers 0 <= k <= n; got k={k!r}, n={n!r}")
+    if not 0.0 < confidence < 1.0:
+        raise DataError(f"binomial_interval: confidence must be in (0, 1); got {confidence!r}")
+    if n == 0:
+        return 0.0, 1.0
+    a = 1.0 - confidence
+    lo = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
+    return lo, hi
 
 
 def decision_rates(labels: Any, anomalous: Any) -> dict[str, float | int | None]:

@@ -8,7 +8,7 @@ scores into [0, 1] values or into binary decisions is here. Decisions are always
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -164,7 +164,8 @@ class Calibration:
     ``2 * threshold - score_low`` to 1); ``map_range``: display colour scale of maps; ``source``: which
     images were used (human-readable); ``scores`` / ``map_maxima``: the sorted calibration image scores
     and per-image map maxima (n floats each), kept so that another target FPR can be recomputed
-    (``with_target_fpr``).
+    (``with_target_fpr``); ``leakage``: whether the calibration images looked like near-copies of training
+    images (JSON-able diagnostic, None when not checked).
     """
 
     image_threshold: float
@@ -177,6 +178,7 @@ class Calibration:
     source: str = ""
     scores: tuple[float, ...] = ()
     map_maxima: tuple[float, ...] = ()
+    leakage: Mapping[str, Any] | None = None  # the leakage check of the split (deploy.groups.leakage_report)
 
     def normalize(self, scores: Any) -> np.ndarray:
         """Raw scores (N,) -> [0, 1] (float64), monotone, ``image_threshold`` -> 0.5; a normalised score is
@@ -229,7 +231,8 @@ class Calibration:
         return {"kind": "held_out_fpr", "image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold,
                 "score_low": self.score_low, "target_fpr": self.target_fpr, "guaranteed_fpr": self.guaranteed_fpr,
                 "n_images": self.n_images, "map_range": list(self.map_range), "source": self.source,
-                "scores": list(self.scores), "map_maxima": list(self.map_maxima)}
+                "scores": list(self.scores), "map_maxima": list(self.map_maxima),
+                **({"leakage": dict(self.leakage)} if self.leakage is not None else {})}
 
     @classmethod
     def from_dict(cls, d: Any) -> Calibration:
@@ -245,7 +248,8 @@ class Calibration:
                       guaranteed_fpr=float(d["guaranteed_fpr"]), n_images=int(d["n_images"]),
                       map_range=(float(mr[0]), float(mr[1])), source=str(d.get("source", "")),
                       scores=tuple(float(v) for v in d.get("scores", ())),
-                      map_maxima=tuple(float(v) for v in d.get("map_maxima", ())))
+                      map_maxima=tuple(float(v) for v in d.get("map_maxima", ())),
+                      leakage=dict(d["leakage"]) if isinstance(d.get("leakage"), dict) else None)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ConfigError(f"calibration: missing or invalid field ({exc!r})") from None
         values = [out.image_threshold, out.pixel_threshold, out.score_low, *out.map_range, *out.scores, *out.map_maxima]
