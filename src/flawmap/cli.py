@@ -61,7 +61,8 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--data", required=required, help=_Help("MVTec-layout root folder (<root>/<category>/train/good, test/, ground_truth/), "
                    "or the name of an embedded dataset, generated once: {}", _names("flawmap.data.synthetic", "EMBEDDED_DATASETS")))
     p.add_argument("--resize", type=int, default=None, help="resize images to this size (default: the method's paper setting)")
-    p.add_argument("--crop", type=int, default=None, help="center crop after resize (default: the method's paper setting; 0 = no crop)")
+    p.add_argument("--crop", type=int, default=None, help="center crop after resize (default: the method's paper setting, "
+                   "but none for `fit --train` on your own folder; 0 = no crop)")
     _add_aspect_arg(p)
 
 
@@ -70,7 +71,7 @@ def _add_aspect_arg(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--aspect", choices=ASPECTS, default=None, help="what the resize does to images whose aspect ratio "
                    "is not the model input's: stretch (default, the papers') or pad (letterbox: keep the ratio, pad "
-                   "the shorter side with black)")
+                   "the shorter side with black; the default of `fit --train` on your own folder)")
 
 
 def _add_preset_arg(p: argparse.ArgumentParser) -> None:
@@ -90,10 +91,10 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
 
 
 def _transform(method: str, resize: int | None, crop: int | None, preset: str | None = None,
-               aspect: str | None = None):
+               aspect: str | None = None, whole_part: bool = False):
     from .presets import preset_transform
 
-    return preset_transform(preset, method, resize, crop, aspect)
+    return preset_transform(preset, method, resize, crop, aspect, whole_part=whole_part)
 
 
 # ---- commands -----------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     det.validate_params()
     check_target_fpr(args.target_fpr)
     check_save_target(args.out, overwrite=args.force)  # before the fit: a refused or read-only --out costs nothing
-    tf = _transform(args.method, args.resize, args.crop, args.preset, args.aspect)
+    tf = _transform(args.method, args.resize, args.crop, args.preset, args.aspect, whole_part=args.train is not None)
     plan = _fit_sources(args)
     fitted = fit_calibrated(det, plan, tf, target_fpr=args.target_fpr, skip_bad=args.skip_bad,
                             device=args.device or "auto")

@@ -127,14 +127,18 @@ def preset_params(preset: str | Preset | None, method: str, params: Mapping[str,
 
 
 def preset_transform(preset: str | Preset | None, method: str, resize: int | None = None, crop: int | None = None,
-                     aspect: str | None = None):
-    """The Transform of ``method`` under ``preset``: explicit resize/crop/aspect, else the preset's, else the paper's
-    (``flawmap.data.preprocessing``, the one rule every command uses)."""
+                     aspect: str | None = None, *, whole_part: bool = False):
+    """The Transform of ``method`` under ``preset``: explicit resize/crop/aspect, else the preset's, else (for a
+    user's own folder, ``whole_part``) ``data.transform.WHOLE_PART``, else the paper's (``flawmap.data.preprocessing``,
+    the one rule every command uses)."""
     from .data import preprocessing
+    from .data.transform import WHOLE_PART
     from .registry import detector_class
 
     given = {k: v for k, v in (("resize", resize), ("crop", crop), ("aspect", aspect)) if v is not None}
-    return preprocessing(detector_class(method).paper_transform, **{**get_preset(preset).preprocessing_for(method), **given})
+    base = dict(WHOLE_PART) if whole_part else {}
+    return preprocessing(detector_class(method).paper_transform,
+                         **{**base, **get_preset(preset).preprocessing_for(method), **given})
 
 
 def preset_of(method: str, row: Mapping[str, Any]) -> str:

@@ -32,6 +32,11 @@ _MAX_SIDE = 8192
 ASPECTS = ("stretch", "pad")
 #: the grey level (0-255, every channel) of the letterbox padding
 PAD_VALUE = 0
+#: the preprocessing of a model fitted on a user's own folder (``flawmap fit --train``), below any preset or flag:
+#: the whole image is seen (no centre crop: the papers' 256 -> 224 crop drops the outer 6% on every side, where an
+#: edge defect would never be found) at its true shape (letterboxed, not stretched). Benchmarks that reproduce
+#: papers keep the papers' preprocessing. The ablation behind it: docs, "Inspect your own parts".
+WHOLE_PART: dict[str, Any] = {"crop": 0, "aspect": "pad"}
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:

@@ -65,7 +65,7 @@ class CalibrationPlan:
         ids = np.asarray(self.groups if self.groups is not None else found, dtype=np.int64)
         if ids.shape != (n,):
             raise DataError(f"calibration split: need a group for each of the {n} images")
-        cal = holdout_groups(ids, self.n_calibration, self.seed)
+        cal = holdout_groups(ids, self.n_calibration, self.seed, max_cal=n - 2)
         n_groups = len(np.unique(ids))
         if cal.sum() < MIN_CALIBRATION_IMAGES or n - cal.sum() < 2:
             raise DataError(f"--group-by {self.group_by}: the {n} good images form {n_groups} group(s); holding out "

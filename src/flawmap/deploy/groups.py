@@ -165,15 +165,16 @@ def near_duplicate_groups(desc: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]
                  "in_groups": int(sizes[ids].__gt__(1).sum()) if n else 0, "cut": cut}
 
 
-def holdout_groups(ids: np.ndarray, n_cal: int, seed: int) -> np.ndarray:
-    """Boolean mask (N,) of calibration images: whole groups in a seeded random order until >= n_cal images."""
+def holdout_groups(ids: np.ndarray, n_cal: int, seed: int, max_cal: int | None = None) -> np.ndarray:
+    """Boolean mask (N,) of calibration images: whole groups in a seeded random order until >= n_cal images,
+    skipping a group that would take the calibration past ``max_cal`` images (e.g. N - 2: leave 2 to train)."""
     order = np.random.default_rng(seed).permutation(int(ids.max()) + 1 if len(ids) else 0)
     sizes = np.bincount(ids, minlength=len(order))
     take, total = [], 0
     for g in order:
         if total >= n_cal:
             break
-        if sizes[g]:
+        if sizes[g] and (max_cal is None or total + sizes[g] <= max_cal):
             take.append(g)
             total += int(sizes[g])
     return np.isin(ids, take)
