@@ -261,7 +261,7 @@ def create_app(predictor: Any | Callable[[], Any], settings: ServeSettings,
             except Exception as exc:  # noqa: BLE001 - the reason goes back to the caller, the old model stays
                 state.metrics.reloads.labels("failed").inc()
                 still = f"; still serving {old.model_id}" if old is not None else ""
-                log.error("reload of %s failed: %s", target, exc)
+                log.error("reload of %s failed, the served model stays: %s", target, exc)
                 raise UploadError(422, f"cannot load {target}: {type(exc).__name__}: {exc}{still}") from None
             new = serve(pred)
             state.served, state.load_error = new, None
@@ -280,8 +280,8 @@ def create_app(predictor: Any | Callable[[], Any], settings: ServeSettings,
         async def run() -> None:
             try:
                 await reload_model(None)
-            except UploadError as exc:
-                log.error("SIGHUP: %s", exc.message)
+            except UploadError:
+                pass  # reload_model logged why; the served model stays
 
         asyncio.ensure_future(run())
 
