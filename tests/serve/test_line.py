@@ -340,3 +340,43 @@ def test_bad_settings_of_the_line() -> None:
                       ({"drift_window": 5}, "drift_window"), ({"drift_window": True}, "drift_window")):
         with pytest.raises(ConfigError, match=words.split(",")[0]):
             ServeSettings(**kw)
+
+
+def test_cli_bad_flags_of_the_line_are_one_line(served_model, tmp_path, capsys) -> None:
+    from flawmap.cli import main
+
+    assert main(["serve", str(served_model.path), "--log", str(tmp_path), "--max-log-gb", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "flawmap serve: error: serve: max_log_gb must be a number > 0 (or unset: no limit); got 0.0"]
+    for argv, flag in ((["--keep-images", "some"], "--keep-images"), (["--drift-window", "3"], "--drift-window")):
+        with pytest.raises(SystemExit) as exc:
+            main(["serve", str(served_model.path), *argv])
+        assert exc.value.code == 2 and flag in capsys.readouterr().err
+    assert main(["log", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no inspection log" in err[0] and "nowhere" in err[0]
+
+
+def test_flawmap_log_summary(tmp_path, capsys) -> None:
+    import hashlib
+
+    from flawmap.cli import main
+
+    log = ilog.InspectionLog(tmp_path / "log", keep_images="none").start()
+    scores = [0.1, 0.2, 0.9, 0.3]
+    for i, s in enumerate(scores):
+        log.record({"time": 1_700_000_000 + i, "request_id": f"{i:032x}", "name": f"{i}.png",
+                    "image_sha256": hashlib.sha256(bytes([i])).hexdigest(), "width": 8, "height": 8, "score": s,
+                    "normalized_score": s, "verdict": "anomalous" if s >= 0.5 else "ok", "threshold": 0.5,
+                    "model_id": "abc", "model_version": 1, "latency_ms": 2.0, "batch_size": 1, "key_id": None}, b"x")
+    log.stop()
+    rows = list(ilog.iter_rows(tmp_path / "log"))
+    ilog.set_label(tmp_path / "log", rows[2]["id"], "good", "glare", "ana")  # a false alarm
+    ilog.set_label(tmp_path / "log", rows[0]["id"], "good", None, "ana")
+    with pytest.raises(Exception, match="good, defect"):
+        ilog.set_label(tmp_path / "log", rows[0]["id"], "fine", None, "ana")
+    assert main(["log", str(tmp_path / "log"), "--csv", str(tmp_path / "out.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "4 inspections" in out and "anomalous 1, ok 3" in out and "good 2, none 2" in out
+    assert "false-alarm rate 50.0%" in out and "p50 0.25" in out and "model abc (version 1): 4" in out
+    assert (tmp_path / "out.csv").read_text().count("\n") == 5
