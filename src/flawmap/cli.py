@@ -541,7 +541,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         predictor = None  # each worker process loads its own copy
     auth = "API key required" if settings.api_key or settings.admin_key else "no API key"
     print(f"flawmap serve: {predictor.method if predictor else args.model} on http://{settings.host}:{settings.port}/ "
-          f"(page /, API docs /docs; {settings.workers} worker(s), max batch {settings.max_batch}, {auth})", flush=True)
+          f"(page /, API docs /docs; {settings.workers} worker(s), max batch {settings.max_batch}, {auth}"
+          + (f"; inspection log {settings.log_dir}" if settings.log_dir else "") + ")", flush=True)
     run_server(settings, predictor)
     return 0
 

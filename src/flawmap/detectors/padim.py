@@ -14,6 +14,7 @@ repeating each coarse cell over the fine cells it covers, which is nearest upsam
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
@@ -138,7 +139,7 @@ class PaDiM(BaseDetector):
         self.channel_idx_ = self.channel_idx_.to(self.device_)
         self.n_images_ = int(acc.n)  # images behind the Gaussians (add_good resumes from it)
 
-    def add_good(self, images) -> PaDiM:
+    def add_good(self, images: Any) -> PaDiM:
         """Fold more good images (N, 3, H, W) into the fitted Gaussians without refitting: Sigma is recovered
         from L^-1 (float64), the streaming accumulator resumes with the fit's ``n_images_`` and takes the new
         embeddings; the result equals a fit on all images up to float rounding."""

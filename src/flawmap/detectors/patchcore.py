@@ -29,7 +29,7 @@ Beyond the paper (all off by default, paper scores unchanged):
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -209,7 +209,7 @@ class PatchCore(BaseDetector):
             keep = cell_map((hr, wr), rotated_size(size, angle), grid, -angle) >= 0
             yield emb.reshape(b, hr * wr, d)[:, keep].reshape(-1, d)
 
-    def add_good(self, images) -> PatchCore:
+    def add_good(self, images: Any) -> PatchCore:
         """Add good images (N, 3, H, W) to M_C without refitting: the greedy coreset goes on from M_C.
 
         Their patches (all orientations, as at fit) start at their distance to M_C; the farthest is added and
@@ -226,8 +226,8 @@ class PatchCore(BaseDetector):
         angles = [0.0, *rotation_angles(self.train_rotations)]
         rows = []
         for s in progress(range(0, len(x), self.batch_size), desc="patchcore: add", unit="batch"):
-            probe = float_batch(x[s:s + self.batch_size])
-            for r in self._batch_rows(probe, angles, size, grid):
+            batch = float_batch(x[s:s + self.batch_size])  # (B, 3, H, W)
+            for r in self._batch_rows(batch, angles, size, grid):
                 rows.append(r.to(self.memory_bank_.device))
         new = torch.cat(rows)  # (n_new, D)
         if new.shape[1] != self.memory_bank_.shape[1]:

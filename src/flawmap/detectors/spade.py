@@ -19,6 +19,7 @@ number of training images is clamped to that number with a warning (the effectiv
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
@@ -140,7 +141,7 @@ class SPADE(BaseDetector):
         self.train_pixel_features_ = pix_feats  # F_i (N, h*w, C)
         self._build_index()
 
-    def add_good(self, images) -> SPADE:
+    def add_good(self, images: Any) -> SPADE:
         """Append good images (N, 3, H, W) to the gallery without refitting (their f_i and F_i); K becomes
         min(k, all images), as a fit on all of them would give."""
         self.check_is_fitted()

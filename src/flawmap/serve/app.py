@@ -237,7 +237,10 @@ def create_app(predictor: Any | Callable[[], Any], settings: ServeSettings,
 
     async def load(loader: Callable[[], Any]) -> None:
         try:
-            ready(await run_in_threadpool(loader))
+            pred = await run_in_threadpool(loader)
+            if state.served is not None:  # a reload finished first: it wins
+                return
+            ready(pred)
             log.info("model loaded: %s", state.predictor.method)
         except Exception as exc:  # noqa: BLE001 - reported by /readyz and /v1/predict
             state.load_error = f"{type(exc).__name__}: {exc}"
