@@ -7,6 +7,12 @@ Fits (or loads, --model) PatchCore on the train images, calibrated on held-out t
 ``flawmap predict``'s path per image in this process (decode + preprocess + forward, and the forward
 alone), then starts ``flawmap serve`` as a subprocess and posts the bottle test images (PNG) from N
 asyncio clients. Prints one table; the same run gives both sides, so machine load hits both alike.
+
+    python benchmarks/bench_serve.py --model MODEL --log --clients 1 16
+
+``--log``: a second server with an inspection log (``--log DIR``, default ``--keep-images anomalous``) runs
+beside the first; every client level is measured on both, alternating, and the table gains the throughput
+cost of the log.
 """
 
 from __future__ import annotations
@@ -93,7 +99,14 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=24, help="requests per client level: max(this, 4 x clients)")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    ap.add_argument("--log", action="store_true", help="also measure a server with an inspection log (same run)")
+    ap.add_argument("--keep-images", default="anomalous", help="--keep-images of the logging server")
+    ap.add_argument("--rounds", type=int, default=1, help="with --log: alternate the two servers this many times "
+                    "per client level (the medians are compared)")
     args = ap.parse_args()
+    if args.log:
+        log_main(args)
+        return
 
     import httpx
 
@@ -138,6 +151,68 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def start(model: Path, args: argparse.Namespace, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    """`flawmap serve MODEL` on a free port with ``extra`` flags; returns (process, URL) once ready."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "flawmap.cli", "serve", str(model), "--port", str(port), "--max-batch",
+           str(args.max_batch), *(["--device", args.device] if args.device else []), *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
+def log_main(args: argparse.Namespace) -> None:
+    """Throughput with and without the inspection log, same run, alternating per client level."""
+    import tempfile
+
+    import httpx
+
+    from flawmap.data import scan_category
+
+    model = Path(args.model or args.work)
+    if args.model is None:
+        fit_model(args, model)
+    tests = [s.path for s in scan_category(args.data, args.category).test]
+    bodies = [p.read_bytes() for p in tests]
+    with tempfile.TemporaryDirectory(prefix="flawmap-bench-log-") as logdir:
+        servers = {"no log": start(model, args, []),
+                   "log": start(model, args, ["--log", logdir, "--keep-images", args.keep_images])}
+        try:
+            for _, url in servers.values():
+                asyncio.run(load(url, bodies, 2, 4))  # warm-up
+            print(f"images {len(tests)} ({args.category} test, PNG); cores {os.cpu_count()}; --keep-images "
+                  f"{args.keep_images}; {args.rounds} round(s) per level")
+            print(f"{'clients':>7} {'no log img/s':>13} {'log img/s':>10} {'cost':>7} {'log p50 ms':>11} {'errors':>6}")
+            for c in args.clients:
+                ips: dict[str, list[float]] = {k: [] for k in servers}
+                p50, errors = [], 0
+                for _ in range(args.rounds):
+                    for name, (_, url) in servers.items():
+                        seconds, lat, err = asyncio.run(load(url, bodies, c, max(args.requests, 4 * c)))
+                        ips[name].append(len(lat) / seconds)
+                        errors += err
+                        if name == "log":
+                            p50.append(float(np.percentile(lat, 50)) * 1e3)
+                a, b = statistics.median(ips["no log"]), statistics.median(ips["log"])
+                print(f"{c:>7} {a:>13.2f} {b:>10.2f} {100 * (1 - b / a):>6.1f}% {statistics.median(p50):>11.1f} "
+                      f"{errors:>6}")
+            card = httpx.get(servers["log"][1] + "/v1/model").json()["log"]
+            print(f"log: {card['logged']} rows written, {card['dropped']} not logged")
+        finally:
+            for proc, _ in servers.values():
+                proc.terminate()
+                proc.wait(30)
 
 
 if __name__ == "__main__":

@@ -626,15 +626,135 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_image_mb=args.max_image_mb,
                              max_pixels=args.max_pixels, max_images=args.max_images,
                              api_key=args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV),
-                             shutdown_timeout_s=args.shutdown_timeout)
+                             shutdown_timeout_s=args.shutdown_timeout, **_line_settings(args))
     predictor = open_model(settings)  # a bad model fails here, before the port is bound (one line, exit 2)
     if settings.workers > 1:
         predictor = None  # each worker process loads its own copy
-    auth = "API key required" if settings.api_key else "no API key"
+    auth = "API key required" if settings.api_key or settings.admin_key else "no API key"
     print(f"flawmap serve: {predictor.method if predictor else args.model} on http://{settings.host}:{settings.port}/ "
-          f"(page /, API docs /docs; {settings.workers} worker(s), max batch {settings.max_batch}, {auth})", flush=True)
+          f"(page /, API docs /docs; {settings.workers} worker(s), max batch {settings.max_batch}, {auth}"
+          + (f"; inspection log {settings.log_dir}" if settings.log_dir else "") + ")", flush=True)
     run_server(settings, predictor)
     return 0
+
+
+# ---- on the line: inspection log, review, model updates (serve --log, log, update) ----------------------
+def _add_line_serve_args(p: argparse.ArgumentParser) -> None:
+    from .serve.settings import KEEP_IMAGES
+
+    p.add_argument("--log", default=None, metavar="DIR", help="record every scored image in an inspection log "
+                   "(SQLite) under DIR: browse it on the page, GET /v1/inspections, `flawmap log DIR`")
+    p.add_argument("--keep-images", choices=KEEP_IMAGES, default="anomalous", help="uploads kept under --log DIR, by "
+                   "hash (default anomalous)")
+    p.add_argument("--max-log-gb", type=float, default=None, help="kept images beyond this size are deleted, oldest "
+                   "first; their log rows stay (default: no limit)")
+    p.add_argument("--admin-key", default=None, help="key for labels and model reloads (default: $FLAWMAP_ADMIN_KEY); "
+                   "with only one of --api-key / --admin-key set, that key guards everything")
+    p.add_argument("--drift-window", type=_int_at_least(10), default=500, help="images in the rolling drift window "
+                   "(/metrics, /v1/model; default 500)")
+
+
+def _line_settings(args: argparse.Namespace) -> dict[str, Any]:
+    import os
+
+    from .serve.settings import ADMIN_KEY_ENV
+
+    return {"log_dir": args.log, "keep_images": args.keep_images, "max_log_gb": args.max_log_gb,
+            "admin_key": args.admin_key if args.admin_key is not None else os.environ.get(ADMIN_KEY_ENV),
+            "drift_window": args.drift_window}
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from .serve.inspections import export_csv, summary
+
+    folder = Path(args.dir)
+    s = summary(folder)
+    when = lambda t: "-" if t is None else datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")  # noqa: E731
+    print(f"{folder}: {s['n']} inspections, {when(s['first'])} .. {when(s['last'])}; {s['kept_images']} kept images "
+          f"({s['kept_bytes'] / 2**20:.1f} MB)")
+    print("verdicts: " + (", ".join(f"{k} {v}" for k, v in sorted(s["verdicts"].items())) or "-"))
+    print("labels:   " + (", ".join(f"{k} {v}" for k, v in sorted(s["labels"].items())) or "-"))
+    far = s["false_alarm_rate"]
+    print(f"reviewed good parts: {s['reviewed_good']}, flagged anomalous: {s['false_alarms']} (false-alarm rate "
+          f"{'-' if far is None else f'{100 * far:.1f}%'}); confirmed defects: {s['reviewed_defects']}, passed as "
+          f"ok: {s['misses']}")
+    if s["score_percentiles"]:
+        print("scores:   " + ", ".join(f"{k} {v:.6g}" for k, v in s["score_percentiles"].items()))
+    for m in s["models"]:
+        print(f"model {m['model_id']} (version {m['model_version']}): {m['n']} inspections")
+    if args.csv:
+        n = export_csv(folder, Path(args.csv))
+        print(f"{n} rows -> {args.csv}")
+    return 0
+
+
+def _add_log_parser(sub) -> None:
+    p = sub.add_parser("log", help="summarise the inspection log of `flawmap serve --log DIR` (counts, false alarms "
+                       "among reviewed parts, score percentiles); --csv exports it")
+    p.add_argument("dir", help="the --log DIR of `flawmap serve`")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write every row to FILE (CSV)")
+    p.set_defaults(func=cmd_log)
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from .base import read_model_config
+    from .deploy.update import plan_update, previous_calibration_files, update_model
+    from .errors import ConfigError
+
+    if args.add_good is None and args.from_log is None:
+        raise ConfigError("give new good images: --add-good DIR and/or --from-log DIR --label good")
+    if args.label is not None and args.from_log is None:
+        raise ConfigError("--label goes with --from-log DIR")
+    files: list[Path] = []
+    if args.add_good is not None:
+        files += _collect_images([args.add_good])
+    if args.from_log is not None:
+        from .serve.inspections import labeled_images
+
+        files += labeled_images(Path(args.from_log), args.label or "good")
+    extra = read_model_config(args.model).get("extra", {})
+    previous = _collect_images([args.val_good]) if args.val_good else previous_calibration_files(extra)
+    if previous is None:
+        print(f"{args.model}: its calibration images cannot be found again (recorded source: "
+              f"{(extra.get('calibration') or {}).get('source', '?')}); calibrating on the held-out new images only "
+              "(give them with --val-good DIR to keep them)", file=sys.stderr)
+        previous = []
+    plan = plan_update(files, previous, fraction=args.calibration_fraction, seed=args.seed)
+    out = Path(args.out) if args.out else Path(f"{Path(args.model).resolve()}-v{int(extra.get('model_version', 1)) + 1}")
+    r = update_model(args.model, plan, out, target_fpr=args.target_fpr, device=args.device, skip_bad=args.skip_bad)
+    cal = r.calibration
+    print(f"added {r.added} images to {args.model} in {r.add_seconds:.1f} s -> {r.path} (model {r.model_id}, version "
+          f"{r.version}, from {r.parent_id})")
+    print(f"calibration: {cal.source}; anomalous iff score >= {cal.image_threshold:.6g} (target false-alarm rate "
+          f"{100 * cal.target_fpr:g}%, guaranteed {100 * cal.guaranteed_fpr:.1f}%)")
+    if note := cal.resolution_note():
+        print(note, file=sys.stderr)
+    return 0
+
+
+def _add_update_parser(sub) -> None:
+    from .deploy.update import DEFAULT_UPDATE_CALIBRATION_FRACTION
+
+    p = sub.add_parser("update", help="add good images to a fitted PatchCore, PaDiM or SPADE model without refitting, "
+                       "recalibrate, save as a new model")
+    p.add_argument("model", help="model folder written by `flawmap fit` (or an earlier update); left as it is")
+    p.add_argument("--add-good", default=None, metavar="DIR", help="folder of new good images")
+    p.add_argument("--from-log", default=None, metavar="DIR", help="also take the kept images of an inspection log "
+                   "(`flawmap serve --log DIR`) that an operator labelled (--label)")
+    p.add_argument("--label", default=None, choices=("good",), help="which labelled images --from-log takes (good)")
+    p.add_argument("--out", default=None, help="the new model folder (default: MODEL-vN, N the new version)")
+    p.add_argument("--val-good", default=None, metavar="DIR", help="the previous calibration images (default: "
+                   "the ones recorded in the model or re-drawn from its training folder)")
+    p.add_argument("--calibration-fraction", type=float, default=DEFAULT_UPDATE_CALIBRATION_FRACTION,
+                   help="share of the new images held out for calibration, in (0, 1) (default "
+                   f"{DEFAULT_UPDATE_CALIBRATION_FRACTION}, at least 1)")
+    p.add_argument("--target-fpr", type=float, default=None, help="target false-alarm rate (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the hold-out draw (default 0)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
+    p.set_defaults(func=cmd_update)
 
 
 # ---- entry point --------------------------------------------------------------------------------
@@ -844,6 +964,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "SIGTERM (default 30)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved, i.e. auto: CUDA when present)")
     p.set_defaults(func=cmd_serve)
+    _add_line_serve_args(p)
+    _add_log_parser(sub)
+    _add_update_parser(sub)
 
     for p in sub.choices.values():  # global flags are accepted after the subcommand too
         _add_global_args(p, default=argparse.SUPPRESS)

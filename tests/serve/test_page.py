@@ -39,7 +39,7 @@ def _upload_and_check(page, served_model, tmp: Path) -> None:
     defect, good = tmp / "defect.png", tmp / "good.png"  # the synthetic files share names (000.png)
     shutil.copy(served_model.defect[0], defect)
     shutil.copy(served_model.good[0], good)
-    page.wait_for_selector("#card dd")
+    page.wait_for_selector("#card[data-method]")
     assert page.locator("#card").get_attribute("data-method") == "patchcore"
     card = page.locator("#card").inner_text()
     assert "efficientnet_lite0" in card and "threshold" in card
@@ -65,4 +65,46 @@ def test_page_with_api_key_uses_http_basic(browser, served_model, live_server, t
     srv = live_server(api_key="page-key")
     page, problems = _open(browser, srv.url, http_credentials={"username": "flawmap", "password": "page-key"})
     _upload_and_check(page, served_model, tmp_path)
+    assert not problems, problems
+
+
+def test_page_history_and_review(browser, served_model, live_server, tmp_path) -> None:
+    """Upload, see the verdict, the inspection appears in the history with its thumbnail; mark it "good part"
+    with a note (HTML in it stays text); the label shows, and the review filter finds it."""
+    srv = live_server(log_dir=str(tmp_path / "log"), keep_images="anomalous")
+    page, problems = _open(browser, srv.url)
+    defect = tmp_path / "defect.png"
+    shutil.copy(served_model.defect[0], defect)
+    page.wait_for_selector("#card[data-method]")
+    assert page.locator("#history-status").inner_text() == "no inspections yet"
+    page.set_input_files("#files", [str(defect)])
+    page.wait_for_function("document.querySelectorAll('.result[data-state=done]').length == 1", timeout=30000)
+    assert page.locator(".result .verdict").inner_text() == "anomalous"
+    page.wait_for_selector(".insp", timeout=15000)
+    item = page.locator(".insp").first
+    assert item.get_attribute("data-verdict") == "anomalous"
+    thumb = item.locator("img.thumb")
+    thumb.wait_for()
+    page.wait_for_function("document.querySelector('.insp img.thumb').complete", timeout=10000)
+    assert thumb.evaluate("i => i.naturalWidth") > 0  # the kept upload, served from the log by hash
+    item.locator("button.btn-overlay").click()
+    page.wait_for_function("(() => { const i = document.querySelector('.insp img.ov'); return i && i.complete && "
+                           "i.naturalWidth > 0; })()", timeout=30000)
+    assert "drift" in page.locator("#card").inner_text()
+    note = "<img src=x onerror=alert(1)> glare from the new lamp"
+    item.locator("input.note-in").fill(note)
+    item.locator("button.btn-good").click()
+    page.wait_for_selector('.insp[data-label="good"]', timeout=10000)
+    labelled = page.locator('.insp[data-label="good"]')
+    assert labelled.locator(".label").inner_text() == "good part"
+    assert labelled.locator(".note").inner_text() == "note: " + note  # shown as text, not markup
+    assert labelled.locator(".note img").count() == 0
+    page.select_option("#f-label", "defect")
+    page.wait_for_function("document.querySelector('#history-status').textContent == 'no inspections yet'")
+    page.select_option("#f-label", "good")
+    page.wait_for_selector('.insp[data-label="good"]', timeout=10000)
+    from flawmap.serve import inspections as ilog
+
+    (row,) = list(ilog.iter_rows(tmp_path / "log"))
+    assert row["label"] == "good" and row["note"] == note
     assert not problems, problems

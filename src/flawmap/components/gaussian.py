@@ -69,6 +69,21 @@ class StreamingGaussian:
         self.mean.add_(delta, alpha=b / n)
         self.n = n
 
+    @classmethod
+    def resume(cls, n: int, mean: torch.Tensor, covariance: torch.Tensor, eps: float = 0.0) -> StreamingGaussian:
+        """The accumulator of a finished fit: ``n`` samples, mean mu (P, D), covariance Sigma (P, D, D) as
+        ``covariance_(eps)`` returned it; ``update`` then goes on as if the fit had never stopped."""
+        if n < 2:
+            raise ConfigError(f"resuming needs the sample count of the fit (>= 2); got {n}")
+        acc = cls(mean.shape[0], mean.shape[1], mean.device)
+        acc.n = int(n)
+        acc.mean.copy_(mean)
+        m2 = covariance.double().clone()
+        if eps:
+            m2.diagonal(dim1=1, dim2=2).sub_(eps)
+        acc.m2.copy_(m2.mul_(n - 1))
+        return acc
+
     def covariance_(self, eps: float = 0.0) -> torch.Tensor:
         """Unbiased covariance Sigma = M2 / (n - 1) + eps I, computed IN PLACE in the M2 buffer (P, D, D)."""
         if self.n < 2:
@@ -97,6 +112,20 @@ def _inverse_cholesky(cov: torch.Tensor, chunk: int) -> torch.Tensor:
                               "increase the regularisation eps")
         cov[s:s + chunk] = torch.linalg.solve_triangular(chol, eye, upper=False).to(cov.dtype)
     return cov
+
+
+@torch.no_grad()
+def covariance_from_inverse_cholesky(inv_chol: torch.Tensor, chunk: int = INVERSE_CHUNK) -> torch.Tensor:
+    """The inverse of :func:`inverse_cholesky_`: L^-1 (P, D, D) -> Sigma = L L^T (P, D, D) float64 (a new
+    tensor), solved per float64 chunk. Lets a fitted model take more samples (``StreamingGaussian.resume``)."""
+    d = inv_chol.shape[-1]
+    eye = torch.eye(d, dtype=torch.float64, device=inv_chol.device)
+    out = torch.empty(inv_chol.shape, dtype=torch.float64, device=inv_chol.device)
+    with one_cpu_thread(inv_chol.device):
+        for s in range(0, inv_chol.shape[0], chunk):
+            chol = torch.linalg.solve_triangular(inv_chol[s:s + chunk].double(), eye, upper=False)  # L (p, D, D)
+            out[s:s + chunk] = chol @ chol.transpose(1, 2)
+    return out
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ This module imports no torch at import time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,32 @@ def decide(calibration: Calibration | None, scores: np.ndarray) -> list[Verdict]
     return [Verdict(float(v), float(n), bool(a), calibration.image_threshold) for v, n, a in zip(s, norm, anom)]
 
 
+#: hex digits of a model id (a prefix of the SHA-256 of the model's files)
+MODEL_ID_LENGTH = 16
+
+
+def model_id(path: str | Path) -> str:
+    """The content hash of a model: SHA-256 of an exported file, or of a model folder's config.json and
+    model.safetensors (in that order); the first ``MODEL_ID_LENGTH`` hex digits. Two folders with the same
+    bytes have the same id; any change to the tensors, calibration or preprocessing gives a new one."""
+    from ..base import CONFIG_NAME, TENSORS_NAME
+
+    p = Path(path)
+    h = hashlib.sha256()
+    for f in ([p / CONFIG_NAME, p / TENSORS_NAME] if p.is_dir() else [p]):
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:MODEL_ID_LENGTH]
+
+
+def model_version(extra: dict[str, Any]) -> int:
+    """The version stored by ``flawmap update`` (``extra.model_version``); 1 for a model as fitted."""
+    v = extra.get("model_version", 1)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else 1
+
+
 def calibration_of(extra: dict[str, Any], where: str) -> Calibration | None:
     """The calibration stored in a model's ``extra`` metadata, None when the model has none."""
     d = extra.get("calibration")
@@ -89,7 +116,8 @@ class TorchPredictor:
         self.calibration = calibration_of(extra, str(self.path))
         self.detector = load_detector(self.path, device=device)
         self.device = str(self.detector.device_)  # where raw runs (reported by `flawmap serve`)
-        self.card = {"method": self.method, "params": cfg["params"], "backbone": cfg["params"].get("backbone"),
+        self.model_id, self.model_version = model_id(self.path), model_version(extra)
+        self.card = {"model_id": self.model_id, "model_version": self.model_version, "method": self.method, "params": cfg["params"], "backbone": cfg["params"].get("backbone"),
                      "preprocessing": self.transform.describe(), "input_size": list(self.transform.output_size),
                      "calibration": None if self.calibration is None else self.calibration.to_dict(),
                      "flawmap_version": cfg.get("flawmap_version"), "format": "flawmap-folder"}

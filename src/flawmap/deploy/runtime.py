@@ -21,7 +21,7 @@ import numpy as np
 
 from ..data.transform import Transform
 from ..errors import ConfigError, DataError, FlawmapError, ModelFileError
-from .predictor import Verdict, calibration_of, decide, preprocess
+from .predictor import Verdict, calibration_of, decide, model_id, model_version, preprocess
 
 FORMAT = "flawmap-onnx"
 FORMAT_VERSION = 1
@@ -104,7 +104,8 @@ class OnnxPredictor:
         self.calibration = calibration_of(meta, str(self.path))
         self.input_size = (int(meta["input_size"][0]), int(meta["input_size"][1]))
         self._check_graph(meta)
-        self.card = {"method": self.method, "params": meta["params"], "backbone": meta["params"].get("backbone"),
+        self.model_id, self.model_version = model_id(self.path), model_version(meta)
+        self.card = {"model_id": self.model_id, "model_version": self.model_version, "method": self.method, "params": meta["params"], "backbone": meta["params"].get("backbone"),
                      "preprocessing": self.transform.describe(), "input_size": list(self.input_size),
                      "calibration": None if self.calibration is None else self.calibration.to_dict(),
                      "flawmap_version": meta.get("flawmap_version"), "format": "onnx",

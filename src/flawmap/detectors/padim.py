@@ -14,14 +14,16 @@ repeating each coarse cell over the fine cells it covers, which is nearest upsam
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
-from ..base import BaseDetector, batched, check_choice, check_layers, check_range, seeded_generator
+from ..base import BaseDetector, as_images, batched, check_choice, check_layers, check_range, seeded_generator
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
 from ..components.features import concat_layers, finest_grid
-from ..components.gaussian import StreamingGaussian, check_memory, inverse_cholesky_, mahalanobis
+from ..components.gaussian import (StreamingGaussian, check_memory, covariance_from_inverse_cholesky, inverse_cholesky_,
+                                   mahalanobis)
 from ..errors import ConfigError
 from ..progress import progress
 from ..registry import register_detector
@@ -135,6 +137,30 @@ class PaDiM(BaseDetector):
         self.mean_ = acc.mean  # mu_ij (P, d)
         self.inv_chol_ = inverse_cholesky_(cov)  # L_ij^-1 (P, d, d), Sigma_ij = L L^T; same buffer
         self.channel_idx_ = self.channel_idx_.to(self.device_)
+        self.n_images_ = int(acc.n)  # images behind the Gaussians (add_good resumes from it)
+
+    def add_good(self, images: Any) -> PaDiM:
+        """Fold more good images (N, 3, H, W) into the fitted Gaussians without refitting: Sigma is recovered
+        from L^-1 (float64), the streaming accumulator resumes with the fit's ``n_images_`` and takes the new
+        embeddings; the result equals a fit on all images up to float rounding."""
+        self.check_is_fitted()
+        n = getattr(self, "n_images_", None)
+        if not isinstance(n, int) or n < 2:
+            raise ConfigError("padim: this model does not record how many images its Gaussians were estimated "
+                              "from (fitted by an older flawmap); refit it to add images")
+        x = as_images(images)
+        acc = StreamingGaussian.resume(n, self.mean_, covariance_from_inverse_cholesky(self.inv_chol_), self.eps)
+        for sl in progress(batched(len(x), self.batch_size), desc="padim: add", unit="batch"):
+            emb = self._embed(self._backbone_features(x[sl], batch_size=self.batch_size))  # (B, d, h, w)
+            if list(emb.shape[-2:]) != list(self.grid_):
+                raise ConfigError(f"padim: the model's feature grid is {tuple(self.grid_)}; these images give "
+                                  f"{tuple(emb.shape[-2:])}: add images of the training size")
+            acc.update(emb.flatten(2).permute(2, 0, 1))  # (P, B, d)
+        cov = acc.covariance_(self.eps)
+        self.mean_ = acc.mean
+        self.inv_chol_ = inverse_cholesky_(cov)
+        self.n_images_ = int(acc.n)
+        return self
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self._embed(self._backbone_features(images, device=self.device_))  # (B, d, h, w)

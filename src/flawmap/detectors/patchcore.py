@@ -29,12 +29,12 @@ Beyond the paper (all off by default, paper scores unchanged):
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from ..base import BaseDetector, check_choice, check_layers, check_range, float_batch
+from ..base import BaseDetector, as_images, check_choice, check_layers, check_range, float_batch
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import NORMALIZATIONS, create_backbone, list_backbones
 from ..components.coreset import MODES, greedy_coreset
@@ -184,12 +184,7 @@ class PatchCore(BaseDetector):
         bank = torch.empty(n * len(angles) * h * w, d)  # M (N*(R+1)*h*w, D), filled batch by batch
         fill = 0
         for s in progress(range(0, n, bs), desc="patchcore: features", total=-(-n // bs), unit="batch"):
-            x = float_batch(images[s:s + bs])
-            for angle in angles:  # the batch at every orientation; only cells with real content are kept
-                emb = self._embed(self._backbone_features(rotate_images(x, angle), batch_size=bs))
-                b, hr, wr, _ = emb.shape
-                keep = cell_map((hr, wr), rotated_size(size, angle), (h, w), -angle) >= 0
-                rows = emb.reshape(b, hr * wr, d)[:, keep].reshape(-1, d)
+            for rows in self._batch_rows(float_batch(images[s:s + bs]), angles, size, (h, w)):
                 bank[fill:fill + len(rows)] = rows
                 fill += len(rows)
         bank = bank[:fill]
@@ -203,6 +198,55 @@ class PatchCore(BaseDetector):
         self.grid_ = [h, w]
         log.info("patchcore: memory bank %d -> coreset %d patches of dim %d", len(bank), len(idx), d)
         self._build_index()
+
+    def _batch_rows(self, x: torch.Tensor, angles: list[float], size: tuple[int, int],
+                    grid: tuple[int, int]) -> Iterator[torch.Tensor]:
+        """A batch x (B, 3, H, W) at every orientation -> its patch rows (rows, D) per orientation; only cells
+        with real content are kept (of the unrotated grid ``grid``)."""
+        for angle in angles:
+            emb = self._embed(self._backbone_features(rotate_images(x, angle), batch_size=len(x)))
+            b, hr, wr, d = emb.shape
+            keep = cell_map((hr, wr), rotated_size(size, angle), grid, -angle) >= 0
+            yield emb.reshape(b, hr * wr, d)[:, keep].reshape(-1, d)
+
+    def add_good(self, images: Any) -> PatchCore:
+        """Add good images (N, 3, H, W) to M_C without refitting: the greedy coreset goes on from M_C.
+
+        Their patches (all orientations, as at fit) start at their distance to M_C; the farthest is added and
+        the distances updated, ``coreset_ratio`` x (new patches) times: exactly the picks a greedy k-centre run
+        makes once it has M_C (the same share of new patches a fit keeps, and first those the bank covers
+        worst). Distances are exact (no random projection): the new patches are few. M_C is never reordered
+        or thinned, so scores of images like the old ones do not rise."""
+        self.check_is_fitted()
+        if self._separate:
+            raise ConfigError("patchcore: adding images to a 'scores' ensemble (one bank per backbone) is not "
+                              "supported; refit it, or use ensemble='concat'")
+        x = as_images(images, keep_uint8=True)
+        size, grid = tuple(x.shape[-2:]), tuple(self.grid_)
+        angles = [0.0, *rotation_angles(self.train_rotations)]
+        rows = []
+        for s in progress(range(0, len(x), self.batch_size), desc="patchcore: add", unit="batch"):
+            batch = float_batch(x[s:s + self.batch_size])  # (B, 3, H, W)
+            for r in self._batch_rows(batch, angles, size, grid):
+                rows.append(r.to(self.memory_bank_.device))
+        new = torch.cat(rows)  # (n_new, D)
+        if new.shape[1] != self.memory_bank_.shape[1]:
+            raise ConfigError(f"patchcore: new patches have dimension {new.shape[1]}, the bank "
+                              f"{self.memory_bank_.shape[1]}")
+        k = max(1, int(round(self.coreset_ratio * len(new))))
+        dist = self._nearest(new, 1)[0][:, 0].clone()  # distance of each new patch to M_C (n_new,)
+        picks = []
+        for _ in range(min(k, len(new))):
+            i = int(dist.argmax())
+            if not dist[i] > 0:  # every new patch is already in the bank
+                break
+            picks.append(i)
+            dist = torch.minimum(dist, (new - new[i]).norm(dim=1))
+        self.memory_bank_ = torch.cat([self.memory_bank_, new[picks]])  # M_C (k_old + k_new, D)
+        self._build_index()
+        log.info("patchcore: added %d of %d new patches to the memory bank (now %d)", len(picks), len(new),
+                 len(self.memory_bank_))
+        return self
 
     def _check_memory(self, n: int, patches: int, dim: int, copies: int = 1) -> None:
         """Refuse, before the backbone runs, a bank that does not fit the memory budget."""

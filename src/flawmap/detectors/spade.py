@@ -19,10 +19,11 @@ number of training images is clamped to that number with a warning (the effectiv
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
-from ..base import BaseDetector, batched, check_choice, check_layers, check_range, float_batch
+from ..base import BaseDetector, as_images, batched, check_choice, check_layers, check_range, float_batch
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
 from ..components.features import concat_layers
@@ -139,6 +140,30 @@ class SPADE(BaseDetector):
         self.train_image_features_ = torch.cat(img_feats).to(self.device_)  # f_i (N, C_img)
         self.train_pixel_features_ = pix_feats  # F_i (N, h*w, C)
         self._build_index()
+
+    def add_good(self, images: Any) -> SPADE:
+        """Append good images (N, 3, H, W) to the gallery without refitting (their f_i and F_i); K becomes
+        min(k, all images), as a fit on all of them would give."""
+        self.check_is_fitted()
+        x = as_images(images, keep_uint8=True)
+        n = len(self.train_image_features_) + len(x)
+        img_feats, pix_feats = [], []
+        for sl in progress(batched(len(x), self.batch_size), desc="spade: add", unit="batch"):
+            f, pyr = self._features(self._backbone_features(float_batch(x[sl]), batch_size=self.batch_size))
+            if list(pyr.shape[1:3]) != list(self.grid_):
+                raise ConfigError(f"spade: the model's feature grid is {tuple(self.grid_)}; these images give "
+                                  f"{tuple(pyr.shape[1:3])}: add images of the training size")
+            img_feats.append(f.to(self.device_))
+            pix_feats.append(pyr.flatten(1, 2).to(self.device_))  # (B, h*w, C)
+        positions, c = self.train_pixel_features_.shape[1:]
+        check_memory_budget(f"spade: the pyramids of {n} images ({positions} positions x {c} channels each)",
+                            n * positions * c * 4 + GalleryIndex.extra_bytes(n, positions, c, self.device_),
+                            self.max_memory_gb, "SPADE keeps every pyramid; add fewer images.", self.device_)
+        self.train_image_features_ = torch.cat([self.train_image_features_, *img_feats])  # f_i (N, C_img)
+        self.train_pixel_features_ = torch.cat([self.train_pixel_features_, *pix_feats])  # F_i (N, h*w, C)
+        self.k_ = min(self.k, n)
+        self._build_index()
+        return self
 
     def _build_index(self) -> None:
         """The exact pixel search over F_i (derived from train_pixel_features_, never saved)."""

@@ -1,4 +1,10 @@
-"""Optional API key: every path but ``/healthz`` needs it, compared in constant time.
+"""Optional keys: every path but ``/healthz`` needs one, compared in constant time.
+
+Two keys: the API key (score images, read the log, the model card, metrics) and the admin key (label
+inspections, reload the model: ``ADMIN_ROUTES``). With both set, admin routes need the admin key and every
+other route takes either; with only one set, that key guards everything. The request's key id (the key's
+role and the first 8 hex digits of its SHA-256, never the key) is put in ``request.state.key_id`` for the
+inspection log.
 
 Accepted as ``X-API-Key: KEY``, ``Authorization: Bearer KEY`` or HTTP Basic with KEY as the password
 (so that a browser asks for it on the page and sends it with the page's requests by itself).
@@ -8,10 +14,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import json
+import re
 
 OPEN_PATHS = ("/healthz",)
+#: (method, path pattern) of the routes that need the admin key when both keys are set
+ADMIN_ROUTES = (("POST", re.compile(r"/v1/model/reload")), ("POST", re.compile(r"/v1/inspections/[^/]+/label")))
+
+
+def key_id(role: str, key: str) -> str:
+    """What the log records of a key: its role and a fingerprint (``api:1a2b3c4d``), never the key."""
+    return f"{role}:{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def is_admin_route(method: str, path: str) -> bool:
+    return any(method == m and rx.fullmatch(path) for m, rx in ADMIN_ROUTES)
 
 
 def presented_keys(headers: dict[bytes, bytes]) -> list[bytes]:
@@ -40,20 +59,27 @@ def key_matches(expected: bytes, headers: dict[bytes, bytes]) -> bool:
 
 
 class ApiKeyMiddleware:
-    """Pure ASGI middleware: 401 with a one-line JSON error unless the request carries the key."""
+    """Pure ASGI middleware: 401 with a one-line JSON error unless the request carries a key its route
+    accepts (see the module doc); at least one of ``api_key`` / ``admin_key`` is set."""
 
-    def __init__(self, app, api_key: str) -> None:
+    def __init__(self, app, api_key: str | None, admin_key: str | None = None) -> None:
         self.app = app
-        self.key = api_key.encode()
+        self.keys = [(role, k.encode(), key_id(role, k)) for role, k in (("admin", admin_key), ("api", api_key)) if k]
+        self.split = api_key is not None and admin_key is not None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        if key_matches(self.key, dict(scope["headers"])):
-            await self.app(scope, receive, send)
-            return
-        body = json.dumps({"error": "missing or wrong API key: send it as the X-API-Key header (or "
+        admin = self.split and is_admin_route(scope["method"], scope["path"])
+        headers = dict(scope["headers"])
+        for role, key, kid in self.keys:
+            if (role == "admin" or not admin) and key_matches(key, headers):
+                scope.setdefault("state", {})["key_id"] = kid
+                await self.app(scope, receive, send)
+                return
+        what = "admin key" if admin else "API key"
+        body = json.dumps({"error": f"missing or wrong {what}: send it as the X-API-Key header (or "
                                     "Authorization: Bearer KEY)"}).encode()
         await send({"type": "http.response.start", "status": 401,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

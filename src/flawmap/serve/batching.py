@@ -59,6 +59,11 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
 
+    @property
+    def pending(self) -> int:
+        """Images waiting for a forward pass (the queue depth)."""
+        return len(self._pending)
+
     def start(self) -> None:
         """Start the collector on the running event loop."""
         self._wake = asyncio.Event()
