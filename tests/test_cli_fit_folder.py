@@ -104,7 +104,7 @@ def test_the_calibration_scores_come_from_images_the_model_did_not_see(model: Pa
     from flawmap.deploy.predictor import open_predictor
 
     extra = json.loads((model / "config.json").read_text())["extra"]
-    calibration = [Path(p) for p in extra["calibration_images"]]
+    calibration = [Path(p) for p in extra["calibration_files"]]
     files = find_images(folders["good"])
     train = [f for f in files if f not in calibration]
     assert len(calibration) == extra["calibration"]["n_images"] >= 8 and len(train) == extra["n_train"]

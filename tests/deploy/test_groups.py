@@ -135,8 +135,8 @@ def model(parts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> P
 def test_fit_group_by_folder_holds_out_whole_parts_and_stores_the_check(model: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     extra = json.loads((model / "config.json").read_text())["extra"]
-    cal_parts = {Path(p).parent.name for p in extra["calibration_images"]}
-    assert len(extra["calibration_images"]) == 4 * len(cal_parts) >= 8  # whole parts: 4 shots each
+    cal_parts = {Path(p).parent.name for p in extra["calibration_files"]}
+    assert len(extra["calibration_files"]) == 4 * len(cal_parts) >= 8  # whole parts: 4 shots each
     leak = extra["calibration"]["leakage"]
     assert leak["group_by"] == "folder" and leak["near_copies"] == 0 and not leak["leak"]
     from flawmap.deploy.predictor import open_predictor

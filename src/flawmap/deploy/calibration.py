@@ -137,7 +137,7 @@ class FittedModel:
         """The ``extra`` metadata of the model folder: transform, calibration, what it was fitted on."""
         out = {"transform": self.transform.to_dict(), "calibration": self.calibration.to_dict(),
                "n_train": self.n_train, "fit_seconds": round(self.fit_seconds, 3),
-               "skipped_images": [str(p) for p in self.skipped], "calibration_images": self.calibration_files}
+               "skipped_images": [str(p) for p in self.skipped], "calibration_files": self.calibration_files}
         if self.val_bad is not None:
             out["val_bad"] = self.val_bad
         return {**out, **more}

@@ -106,7 +106,8 @@ def previous_calibration_files(extra: dict[str, Any]) -> list[Path] | None:
         log.warning("the training folder now has %d images, not %d as at fit: its calibration draw cannot be "
                     "repeated", len(train), n_all)
         return None
-    cal = list(plan_calibration(train, fraction=fraction, seed=seed).calibration)
+    plan = plan_calibration(train, fraction=fraction, seed=seed, group_by="none")  # the random draw of older fits
+    cal = [f for f, c in zip(plan.files, plan.split()[1]) if c]
     return cal if len(cal) == n_cal else None
 
 
