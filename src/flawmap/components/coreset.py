@@ -36,11 +36,19 @@ N k element-wise passes. ``mode="approx"`` applies each pick only to the blocks 
 nearest groups (an IVF-style probe); dist is then an upper bound and the picks approximate greedy.
 Its error is reported as the coverage radius max_m min_c ||psi(m) - psi(c)|| against the exact one
 (``coverage_radius``; benchmarks/bench_coreset_memory.py).
+
+Chunked (streaming) coreset, ``chunked_coreset`` (beyond the paper): M is given as chunks M_1..M_J
+(consumed one at a time); each chunk gets its own greedy coreset C_j (k_j = round(ratio |M_j|) picks on
+psi(M_j), the same psi for every chunk), only the rows of C_j are kept and the chunk is dropped. Every
+m in M_j lies within r_j = max_{m in M_j} min_{c in C_j} ||psi(m) - psi(c)|| of C_j, so the union
+C = U_j C_j covers M with radius r <= max_j r_j; one chunk is exactly ``greedy_coreset``. The full bank is
+never held (memory: one chunk, its psi and the picks so far) and a pick costs O(|M_j|) instead of O(|M|):
+sum_j k_j |M_j| = ratio sum_j |M_j|^2 distance evaluations instead of ratio |M|^2 (textbook loop).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Iterable, Literal
 
 import numpy as np
 import torch
@@ -365,6 +373,22 @@ def greedy_coreset(features: torch.Tensor, ratio: float, *, projection_dim: int 
     x = _pad_pow2(psi.cpu().numpy())  # psi itself when d* is a power of 2 (no copy): permuted in place
     del psi
     return torch.from_numpy(_run(x, k, start, mode, 1 << 20))
+
+
+def chunked_coreset(chunks: Iterable[torch.Tensor], ratio: float, *, projection_dim: int = 128, seed: int = 0,
+                    mode: CoresetMode = "exact") -> tuple[torch.Tensor, int]:
+    """Streaming greedy coreset (module docstring): ``chunks`` yields M_j (N_j, D), each consumed before the
+    next is asked for (a producer may overwrite a chunk's buffer once the next one is requested). Returns
+    M_C = the rows of U_j C_j (sum_j k_j, D), copies in chunk order, and |M| = sum_j N_j."""
+    kept: list[torch.Tensor] = []
+    total = 0
+    for chunk in chunks:  # M_j (N_j, D)
+        idx = greedy_coreset(chunk, ratio, projection_dim=projection_dim, seed=seed, mode=mode)  # C_j (k_j,)
+        kept.append(chunk[idx])  # advanced indexing copies: the chunk's buffer may be reused
+        total += len(chunk)
+    if not kept:
+        raise ConfigError("chunked_coreset: no chunk was given (an empty memory bank)")
+    return (kept[0] if len(kept) == 1 else torch.cat(kept)), total
 
 
 @torch.no_grad()

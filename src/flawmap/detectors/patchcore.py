@@ -3,9 +3,9 @@
 fit:     locally aware patch features of all good images -> memory bank M (N*h*w, D), built batch
          by batch (images may stay uint8; no per-layer feature maps of all images are held)
          -> greedy coreset M_C (a fraction of M, selected on a random projection psi).
-         Memory of a fit: M (N h w D float32) + psi (N h w d*) + ~40 bytes per patch + the inputs;
+         Memory of a fit: M (N h w D float32) + psi (N h w d*) + ~40 bytes per patch + M_C + the inputs;
          checked against ``max_memory_gb`` (default: 90% of the available memory) before the
-         backbone runs, with a message naming what to change.
+         backbone runs, with a message naming what to change and the coreset's greedy picks.
 predict: per test patch, s = min_{m in M_C} ||p - m||_2 (patch-grid map, upsampled, Gaussian sigma 4);
          image score s* = max over patches, re-weighted with the b nearest neighbours of m* (eq. 7).
 
@@ -18,6 +18,11 @@ Beyond the paper (all off by default, paper scores unchanged):
   a normal patch needs one orientation that matches M, a defect matches M in none, so the minimum
   removes orientation false alarms and keeps defects (a mean would add the wrong orientations'
   distances to every normal patch). s*, m_test and m* (eq. 7) are taken where the minimum is attained.
+* ``coreset_chunk=c``: the bank is built and reduced c training images at a time (components/coreset.py
+  ``chunked_coreset``): each chunk M_j (c (R + 1) h w patches) gets its own greedy coreset at
+  ``coreset_ratio`` and only its picks are kept, so M is never held whole (memory: one chunk) and a pick
+  costs O(|M_j|) instead of O(|M|). The union covers M within the largest per-chunk coverage radius;
+  |M_C| is still about ``coreset_ratio`` |M|. 0 (the default) is one greedy over the whole bank, the paper.
 * ``backbone=("a", "b", ...)``: an ensemble (components/ensemble.py). ``ensemble="concat"``: each
   backbone's locally aware features (its stride 8 + 16 stages, pooled to at most D) are concatenated per
   patch into one bank, each block scaled to unit total variance over M (fitted ``block_scale_``).
@@ -37,7 +42,7 @@ import torch.nn.functional as F
 from ..base import BaseDetector, as_images, check_choice, check_layers, check_range, float_batch
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import NORMALIZATIONS, create_backbone, list_backbones
-from ..components.coreset import MODES, greedy_coreset
+from ..components.coreset import MODES, chunked_coreset
 from ..components.ensemble import block_scales, check_backbones, create_ensemble, member_features
 from ..components.features import concat_layers
 from ..components.knn import NearestNeighborIndex, knn
@@ -72,6 +77,7 @@ class PatchCore(BaseDetector):
         embedding_dim: int = 1024,  # target dimension of the patch features (adaptive average pooling)
         coreset_ratio: float = 0.1,  # |M_C| / |M| (paper: 0.01, 0.1, 0.25)
         coreset_mode: str = "exact",  # "exact" greedy (the paper's picks) or "approx" (faster, see coreset.py)
+        coreset_chunk: int = 0,  # training images per coreset chunk; 0: one greedy over the whole bank (the paper)
         projection_dim: int = 128,  # d* of the Johnson-Lindenstrauss projection used by the coreset
         num_neighbors: int = 9,  # b in the re-weighting of the image score (eq. 7)
         sigma: float = 4.0,  # Gaussian smoothing of the upsampled map
@@ -91,6 +97,7 @@ class PatchCore(BaseDetector):
         self.embedding_dim = embedding_dim
         self.coreset_ratio = coreset_ratio
         self.coreset_mode = coreset_mode
+        self.coreset_chunk = coreset_chunk
         self.projection_dim = projection_dim
         self.num_neighbors = num_neighbors
         self.sigma = sigma
@@ -112,6 +119,10 @@ class PatchCore(BaseDetector):
         check_range("embedding_dim", self.embedding_dim, 1, integer=True)
         check_range("coreset_ratio", self.coreset_ratio, 0.0, 1.0, low_open=True)
         check_choice("coreset_mode", self.coreset_mode, MODES)
+        check_range("coreset_chunk", self.coreset_chunk, 0, integer=True)
+        if self.coreset_chunk and isinstance(self.backbone, (tuple, list)) and self.ensemble == "concat":
+            raise ConfigError(f"coreset_chunk={self.coreset_chunk} is not allowed with ensemble='concat' (its block "
+                              "scales are fitted on the whole bank); allowed: 0, or ensemble='scores'")
         if self.max_memory_gb is not None:
             check_range("max_memory_gb", self.max_memory_gb, 0.0, low_open=True)
         check_range("projection_dim", self.projection_dim, 1, integer=True)
@@ -180,23 +191,34 @@ class PatchCore(BaseDetector):
         probe = self._backbone_features(float_batch(images[:1]))
         dims = [self._embed_member(g).shape[1] for g in member_features(probe)]  # D_b per backbone
         _, h, w, d = self._embed(probe).shape  # (1, h, w, D)
+        chunk = self.coreset_chunk or n  # training images per coreset chunk (0: all of them, the paper)
         self._check_memory(n, h * w, d, len(angles))
-        bank = torch.empty(n * len(angles) * h * w, d)  # M (N*(R+1)*h*w, D), filled batch by batch
-        fill = 0
-        for s in progress(range(0, n, bs), desc="patchcore: features", total=-(-n // bs), unit="batch"):
-            for rows in self._batch_rows(float_batch(images[s:s + bs]), angles, size, (h, w)):
-                bank[fill:fill + len(rows)] = rows
-                fill += len(rows)
-        bank = bank[:fill]
-        if len(dims) > 1:  # each member's block to unit total variance, in place
-            self.block_scale_ = block_scales(bank, dims)
-            for blk, sc in zip(torch.split(bank, dims, dim=1), self.block_scale_.tolist()):
-                blk.mul_(sc)
-        idx = greedy_coreset(bank.to(self.device_), self.coreset_ratio, projection_dim=self.projection_dim,
-                             seed=self.seed, mode=self.coreset_mode)
-        self.memory_bank_ = bank[idx].to(self.device_)  # M_C (k, D)
+        # M_j, one chunk of the bank (chunk*(R+1)*h*w, D), filled batch by batch; the whole M when chunk = n
+        buffer = torch.empty(min(chunk, n) * len(angles) * h * w, d)
+        batches = progress([(s, min(s + bs, c0 + chunk, n)) for c0 in range(0, n, chunk) for s in range(c0, min(c0 + chunk, n), bs)],
+                           desc="patchcore: features", unit="batch")
+
+        def bank_chunks() -> Iterator[torch.Tensor]:
+            """M_1, M_2, ... (each (N_j, D)) in ``buffer``; the next one overwrites it once asked for."""
+            fill = 0
+            for s, e in batches:
+                for rows in self._batch_rows(float_batch(images[s:e]), angles, size, (h, w)):
+                    buffer[fill:fill + len(rows)] = rows
+                    fill += len(rows)
+                if e % chunk == 0 or e == n:  # a chunk is complete
+                    bank = buffer[:fill]
+                    if len(dims) > 1:  # each member's block to unit total variance, in place (whole bank: one chunk)
+                        self.block_scale_ = block_scales(bank, dims)
+                        for blk, sc in zip(torch.split(bank, dims, dim=1), self.block_scale_.tolist()):
+                            blk.mul_(sc)
+                    yield bank.to(self.device_)
+                    fill = 0
+
+        coreset, total = chunked_coreset(bank_chunks(), self.coreset_ratio, projection_dim=self.projection_dim,
+                                         seed=self.seed, mode=self.coreset_mode)
+        self.memory_bank_ = coreset.to(self.device_)  # M_C (k, D)
         self.grid_ = [h, w]
-        log.info("patchcore: memory bank %d -> coreset %d patches of dim %d", len(bank), len(idx), d)
+        log.info("patchcore: memory bank %d -> coreset %d patches of dim %d", total, len(coreset), d)
         self._build_index()
 
     def _batch_rows(self, x: torch.Tensor, angles: list[float], size: tuple[int, int],
@@ -249,16 +271,28 @@ class PatchCore(BaseDetector):
         return self
 
     def _check_memory(self, n: int, patches: int, dim: int, copies: int = 1) -> None:
-        """Refuse, before the backbone runs, a bank that does not fit the memory budget."""
-        m = n * copies * patches
-        need = m * (4 * dim + 4 * min(dim, self.projection_dim) + 40) + (1 << 26)  # M, psi, indices, temporaries
+        """Refuse, before the backbone runs, a fit that does not fit the memory budget, naming its cost: the bank
+        M (n x copies x patches), the part of it held at once (one chunk M_j: ``coreset_chunk`` images, all n when
+        0) with its projection psi, the coreset picks kept (M_C) and the greedy's picks per chunk."""
+        m = n * copies * patches  # |M| (an upper bound: rotations drop the corners)
+        chunk = min(self.coreset_chunk or n, n)
+        held = chunk * copies * patches  # |M_j| held at once
+        picks = max(1, min(held, round(self.coreset_ratio * held)))  # k_j, greedy picks per chunk
+        chunks = -(-n // chunk)
+        kept = picks * chunks  # |M_C|
+        # M_j and psi(M_j) with the greedy's ~40 bytes per patch, M_C (k x D) and the temporaries
+        need = held * (4 * dim + 4 * min(dim, self.projection_dim) + 40) + kept * 4 * dim + (1 << 26)
         rot = f" x {copies} orientations (train_rotations)" if copies > 1 else ""
+        part = (f"; held {held} patches at once ({chunk} images a chunk, coreset_chunk), {chunks} chunks"
+                if chunks > 1 else "")
+        cost = (f"{n} training images{rot} x {patches} patches = {m} patches of dim {dim}{part}; coreset: {kept} "
+                f"greedy picks ({picks} per {'chunk' if chunks > 1 else 'bank'} of {held})")
         check_memory_budget(
-            f"patchcore: {n} training images{rot} x {patches} patches = {m} patches of dim {dim} (memory bank and "
-            f"its coreset projection)", need, self.max_memory_gb,
-            "Use fewer training images (--max-train), a lower resolution (--resize/--crop) or a smaller "
-            "embedding_dim; a smaller coreset_ratio or coreset_mode='approx' shortens the coreset but not this peak.")
-        log.info("patchcore: fit needs ~%.2f GB for %d patches", need / 2**30, m)
+            f"patchcore: {cost} (memory bank and its coreset projection)", need, self.max_memory_gb,
+            "Use fewer training images (--max-train), a lower resolution (--resize/--crop), a smaller embedding_dim "
+            "or coreset_chunk (training images per coreset chunk: the bank is never held whole); a smaller "
+            "coreset_ratio or coreset_mode='approx' shortens the coreset but not this peak.")
+        log.info("patchcore: fit needs ~%.2f GB: %s", need / 2**30, cost)
 
     def _build_index(self) -> None:
         """The exact pruned kNN index over M_C (CPU banks; derived from memory_bank_, never saved)."""
