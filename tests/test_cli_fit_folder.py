@@ -94,7 +94,7 @@ def test_fit_on_a_folder_holds_out_calibration_images(model: Path, folders: dict
     assert cal["target_fpr"] == 0.01 and cal["guaranteed_fpr"] == pytest.approx(1 / (n + 1))
     assert len(cal["scores"]) == n and cal["image_threshold"] > max(cal["scores"])  # too few: above the max
     assert f"{n} of 14" in cal["source"] and "seed 0" in cal["source"] and "group-by auto" in cal["source"]
-    assert extra["transform"] == {"resize": 32, "crop": None, "aspect": "pad"}  # a folder fit sees the whole part, unstretched
+    assert extra["transform"] == {"resize": 32, "crop": None}  # a folder fit sees the whole part (no centre crop)
 
 
 def test_the_calibration_scores_come_from_images_the_model_did_not_see(model: Path, folders: dict[str, Path]) -> None:

@@ -71,7 +71,7 @@ def _add_aspect_arg(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--aspect", choices=ASPECTS, default=None, help="what the resize does to images whose aspect ratio "
                    "is not the model input's: stretch (default, the papers') or pad (letterbox: keep the ratio, pad "
-                   "the shorter side with black; the default of `fit --train` on your own folder)")
+                   "the shorter side with black)")
 
 
 def _add_preset_arg(p: argparse.ArgumentParser) -> None:

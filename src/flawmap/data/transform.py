@@ -34,9 +34,10 @@ ASPECTS = ("stretch", "pad")
 PAD_VALUE = 0
 #: the preprocessing of a model fitted on a user's own folder (``flawmap fit --train``), below any preset or flag:
 #: the whole image is seen (no centre crop: the papers' 256 -> 224 crop drops the outer 6% on every side, where an
-#: edge defect would never be found) at its true shape (letterboxed, not stretched). Benchmarks that reproduce
-#: papers keep the papers' preprocessing. The ablation behind it: docs, "Inspect your own parts".
-WHOLE_PART: dict[str, Any] = {"crop": 0, "aspect": "pad"}
+#: edge defect would never be found). Elongated parts stay stretched to the square box: letterboxing them ("pad")
+#: spends the box's pixels on padding and measured lower (docs, results page "User-data preprocessing").
+#: Benchmarks that reproduce papers keep the papers' preprocessing.
+WHOLE_PART: dict[str, Any] = {"crop": 0}
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:

@@ -190,7 +190,7 @@ def fit_calibrated(det: Any, plan: CalibrationPlan, transform: Any, *, target_fp
         rates = decision_rates(np.ones(len(bad)), calibration.decide(det.predict(bad.images).scores))
         val_bad = {"n": rates["n_defective"], "misses": rates["misses"], "miss_rate": rates["miss_rate"]}
     log.info("calibration: threshold %.6g from %s", calibration.image_threshold, source)
-    cal_files = [str(p) for p, c in zip(good.paths, cal_mask) if c]
+    cal_files = [str(Path(p).absolute()) for p, c in zip(good.paths, cal_mask) if c]
     return FittedModel(det, calibration, transform, n_train, fit_s, skipped, val_bad, cal_files)
 
 
