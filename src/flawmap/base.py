@@ -27,7 +27,7 @@ from . import __version__
 from .device import resolve_device
 from .errors import ConfigError, ModelFileError, NotFittedError
 from .io import atomic_replace_dir, check_replaceable, check_writable
-from .params import check_param_names
+from .params import check_choice, check_layers, check_param_names, check_range  # noqa: F401 (check_*: kept importable here)
 from .progress import progress
 from .types import AnomalyResult
 
@@ -66,34 +66,6 @@ def as_images(images: Any, *, keep_uint8: bool = False) -> torch.Tensor:
 def float_batch(images: torch.Tensor) -> torch.Tensor:
     """A batch of ``as_images(..., keep_uint8=True)`` output as float32 in [0, 1]."""
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images
-
-
-def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
-    allowed = list(allowed)
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not allowed; allowed values: {', '.join(map(repr, allowed))}")
-
-
-def check_range(name: str, value: Any, low: float | None = None, high: float | None = None,
-                *, low_open: bool = False, integer: bool = False) -> None:
-    if integer and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
-        raise ConfigError(f"{name} must be an integer; got {value!r}")
-    if not integer and (isinstance(value, bool) or not isinstance(value, (int, float, np.number))):
-        raise ConfigError(f"{name} must be a number; got {value!r}")
-    if not integer and not math.isfinite(float(value)):
-        raise ConfigError(f"{name}={value!r} is not allowed; it must be a finite number")
-    bad = (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
-    if bad:
-        lo = "-inf" if low is None else f"{low}"
-        hi = "inf" if high is None else f"{high}"
-        raise ConfigError(f"{name}={value!r} is out of range; allowed: {'(' if low_open else '['}{lo}, {hi}]")
-
-
-def check_layers(value: Any, default: str = "the paper's layers") -> None:
-    """``layers``: None (``default``) or a non-empty tuple/list of layer names (a bare string is refused)."""
-    if value is not None and (not isinstance(value, (list, tuple)) or not value
-                              or not all(isinstance(v, str) for v in value)):
-        raise ConfigError(f"layers must be None ({default}) or a non-empty tuple of layer names; got {value!r}")
 
 
 class BaseDetector:

@@ -183,7 +183,7 @@ class TrainReport:
 def check_train_params(det: Any) -> None:
     """Validate the training-loop hyperparameters of a trained detector (FastFlow, RIAD): ``epochs``,
     ``batch_size``, ``lr``, ``val_fraction``, ``patience``, ``seed``, ``checkpoint_dir`` (ConfigError)."""
-    from ..base import check_choice, check_range
+    from ..params import check_choice, check_range
 
     check_range("epochs", det.epochs, 1, None, integer=True)
     check_range("batch_size", det.batch_size, 1, None, integer=True)

@@ -35,13 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import BaseDetector, check_choice, check_layers, check_range
+from ..base import BaseDetector
 from ..components.anomaly_map import upsample
 from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
 from ..components.flows import Flow2d, gaussian_nll
 from ..components.training import (Layout, TrainSettings, channels_last_helps, check_train_params, fingerprint,
                                    resolve_precision, seeded_init, train)
 from ..errors import ConfigError
+from ..params import check_choice, check_layers, check_range
 from ..registry import register_detector
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,13 @@ import logging
 
 import torch
 
-from ..base import BaseDetector, batched, check_choice, check_layers, check_range, seeded_generator
+from ..base import BaseDetector, batched, seeded_generator
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
 from ..components.features import concat_layers, finest_grid
 from ..components.gaussian import StreamingGaussian, check_memory, inverse_cholesky_, mahalanobis
 from ..errors import ConfigError
+from ..params import check_choice, check_layers, check_range
 from ..progress import progress
 from ..registry import register_detector
 

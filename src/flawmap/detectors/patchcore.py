@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..base import BaseDetector, check_choice, check_layers, check_range, float_batch
+from ..base import BaseDetector, float_batch
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import NORMALIZATIONS, create_backbone, list_backbones
 from ..components.coreset import MODES, greedy_coreset
@@ -44,6 +44,7 @@ from ..components.knn import NearestNeighborIndex, knn
 from ..components.rotation import cell_map, rotate_images, rotated_size, rotation_angles
 from ..device import check_memory_budget
 from ..errors import ConfigError, ModelFileError
+from ..params import check_choice, check_layers, check_range
 from ..progress import progress
 from ..registry import register_detector
 

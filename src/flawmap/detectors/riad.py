@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import BaseDetector, check_range
+from ..base import BaseDetector
 from ..components.anomaly_map import upsample
 from ..components.inpainting import UNet, fold_batchnorm, grid_masks, inpaint, mean_filter, msgms_map, riad_loss
 from ..components.training import (TrainSettings, autocast, channels_last_helps, check_train_params, fingerprint,
                                    resolve_precision, seeded_init, train)
 from ..errors import ConfigError
+from ..params import check_range
 from ..registry import register_detector
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import logging
 
 import torch
 
-from ..base import BaseDetector, batched, check_choice, check_layers, check_range, float_batch
+from ..base import BaseDetector, batched, float_batch
 from ..components.anomaly_map import anomaly_map
 from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
 from ..components.features import concat_layers
@@ -30,6 +30,7 @@ from ..components.gallery_knn import GalleryIndex
 from ..components.knn import knn
 from ..device import check_memory_budget
 from ..errors import ConfigError
+from ..params import check_choice, check_layers, check_range
 from ..progress import progress
 from ..registry import register_detector
 
