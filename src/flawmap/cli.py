@@ -97,7 +97,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .base import check_save_target
     from .deploy.calibration import fit_calibrated
     from .metrics.thresholds import check_target_fpr
-    from .registry import get_detector
+    from .factory import get_detector
 
     params = parse_params(args.param)
     if args.device:
