@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "AnomalyResult": "types",
     "get_detector": "factory", "list_detectors": "registry", "register_detector": "registry",
-    "BaseDetector": "base", "load_detector": "base",
+    "BaseDetector": "base", "load_detector": "model_file",
 }
 
 

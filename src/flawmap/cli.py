@@ -94,7 +94,7 @@ def _fit_sources(args: argparse.Namespace):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .base import check_save_target
+    from .model_file import check_save_target
     from .deploy.calibration import fit_calibrated
     from .metrics.thresholds import check_target_fpr
     from .factory import get_detector

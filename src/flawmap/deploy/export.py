@@ -172,7 +172,7 @@ def export_model(model: str | Path, out: str | Path, fmt: str = "onnx", *, overw
         raise ConfigError(f"export format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
     model = Path(model)
     out = check_export_target(out, overwrite)
-    from ..base import read_model_config
+    from ..model_file import read_model_config
 
     method = read_model_config(model)["detector"]
     if method not in EXPORTABLE:

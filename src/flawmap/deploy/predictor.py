@@ -75,7 +75,7 @@ class TorchPredictor:
     """A model folder written by ``flawmap fit`` (config.json + model.safetensors), run with PyTorch."""
 
     def __init__(self, path: str | Path, device: str | None = None) -> None:
-        from ..base import load_detector, read_model_config
+        from ..model_file import load_detector, read_model_config
         from ..data import Transform
 
         self.path = Path(path)
