@@ -428,7 +428,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"feature cache: {cache} ({FeatureCache(Path(cache)).size_bytes() / 2**20:.0f} MiB)")
     print(f"{res.n_ran} runs in {res.seconds:.1f} s")
     if base.report and res.rows:
-        from .viz.report import build_report
+        from .report import build_report
 
         report_dir = Path(base.report) if isinstance(base.report, str) else out / "report"
         index = build_report(out, report_dir).resolve()
@@ -485,7 +485,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .viz.report import build_report
+    from .report import build_report
 
     src = Path(args.results)
     folder = src if src.is_dir() else src.parent
