@@ -23,9 +23,8 @@ import torch
 
 from .device import resolve_device
 from .errors import ConfigError, ModelFileError, NotFittedError
-from .model_file import JSON_TYPES, write_model
-from .model_file import check_save_target, is_model_folder, load_detector, read_model_config  # noqa: F401 (kept importable here)
-from .params import check_choice, check_layers, check_param_names, check_range  # noqa: F401 (check_*: kept importable here)
+from .model_file import JSON_TYPES, check_save_target, is_model_folder, load_detector, read_model_config, write_model
+from .params import check_choice, check_layers, check_param_names, check_range
 from .progress import progress
 from .types import AnomalyResult
 
@@ -170,7 +169,8 @@ class BaseDetector:
         """Score images (N, 3, H, W) in [0, 1]: AnomalyResult(scores (N,), maps (N, H, W))."""
         self.check_is_fitted()
         x = as_images(images)
-        bs = int(batch_size or getattr(self, "batch_size", 8))
+        default_bs: int = getattr(self, "batch_size", 8)
+        bs = int(batch_size or default_bs)
         scores, maps = [], []
         starts = range(0, len(x), bs)
         for i in progress(starts, desc=f"{self.name}: predict", total=len(starts), unit="batch"):
@@ -254,3 +254,8 @@ def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gen
 
 def batched(n: int, batch_size: int) -> Sequence[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+#: the model-file loaders (home: flawmap.model_file) and the value checks (home: flawmap.params) stay importable here
+__all__ = ["BaseDetector", "as_images", "batched", "check_choice", "check_layers", "check_range", "check_save_target",
+           "float_batch", "is_model_folder", "load_detector", "read_model_config", "seeded_generator"]

@@ -34,10 +34,12 @@ def _int_at_least(low: int):
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--data", required=required, help="MVTec-layout root folder (<root>/<category>/train/good, test/, ground_truth/), "
+    p.add_argument("--data", required=required,
+                   help="MVTec-layout root folder (<root>/<category>/train/good, test/, ground_truth/), "
                    "or the name of an embedded dataset, generated once: synthetic, synthetic-hard")
     p.add_argument("--resize", type=int, default=None, help="resize images to this size (default: the method's paper setting)")
-    p.add_argument("--crop", type=int, default=None, help="center crop after resize (default: the method's paper setting; 0 = no crop)")
+    p.add_argument("--crop", type=int, default=None,
+                   help="center crop after resize (default: the method's paper setting; 0 = no crop)")
     _add_aspect_arg(p)
 
 
@@ -94,10 +96,10 @@ def _fit_sources(args: argparse.Namespace):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .model_file import check_save_target
     from .deploy.calibration import fit_calibrated
-    from .metrics.thresholds import check_target_fpr
     from .factory import get_detector
+    from .metrics.thresholds import check_target_fpr
+    from .model_file import check_save_target
 
     params = parse_params(args.param)
     if args.device:
@@ -219,10 +221,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from .viz.text import format_table
     from .data import load_split, resolve_data_root, scan_category
     from .deploy.predictor import open_predictor
     from .metrics import decision_rates, evaluate
+    from .viz.text import format_table
 
     pred = open_predictor(args.model, device=args.device)
     test = load_split(scan_category(resolve_data_root(args.data), args.category), "test", pred.transform)
@@ -618,8 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "variants}}, backbones, resize, crop, aspect, seeds, max_train, corruptions, clean, out, executor, workers, "
                    "feature_cache, gallery, report; or a study with experiments: {name: {...}}); flags override it")
     p.add_argument("--study", default=None, metavar="NAME", help="run a study preset: study_NAME.yaml from ./configs or "
-                   "the presets shipped with flawmap (e.g. `--study seed`, every experiment of the original study) or a study YAML path")
-    p.add_argument("--data", default=None, help="MVTec-layout root, or an embedded dataset: synthetic (the default, no download) or synthetic-hard "
+                   "the presets shipped with flawmap (e.g. `--study seed`, every experiment of the original study) "
+                   "or a study YAML path")
+    p.add_argument("--data", default=None,
+                   help="MVTec-layout root, or an embedded dataset: synthetic (the default, no download) or synthetic-hard "
                    "(the hard development benchmark)")
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all under --data)")
     p.add_argument("--experiments", default=None, metavar="NAMES", help="comma-separated experiments of the study to "
@@ -648,7 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: results)")
     p.add_argument("--executor", choices=("local", "ray"), default=None,
                    help="local (default: in this process, or a process pool with --workers) or ray")
-    p.add_argument("--workers", type=_int_at_least(1), default=None, help="parallel runs: local process pool size, or the CPUs of "
+    p.add_argument("--workers", type=_int_at_least(1), default=None,
+                   help="parallel runs: local process pool size, or the CPUs of "
                    "a local Ray (default 1)")
     p.add_argument("--address", default=None, help="Ray cluster to join (e.g. auto or ray://head:10001; default: "
                    "start a local Ray)")
@@ -677,7 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "metric, val_fraction, seed, resize, crop, aspect, max_train, out, storage, study_name); flags override it")
     p.add_argument("--method", default=None, help="detector to tune (default: patchcore)")
     _add_preset_arg(p)
-    p.add_argument("--data", default=None, help="MVTec-layout root, or an embedded dataset: synthetic (the default) or synthetic-hard")
+    p.add_argument("--data", default=None,
+                   help="MVTec-layout root, or an embedded dataset: synthetic (the default) or synthetic-hard")
     p.add_argument("--categories", default=None, help="comma-separated categories; the objective is their mean "
                    "(default: the first category under --data)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="fixed hyperparameter, repeatable")

@@ -99,7 +99,7 @@ def _check_config_schema(config: dict[str, Any], cfg_path: Path) -> None:
     from .registry import list_detectors
 
     def bad(field: str, must: str) -> ModelFileError:
-        got = config
+        got: Any = config
         for part in field.split("."):
             got = got.get(part) if isinstance(got, dict) else None
         shown = repr(got) if len(repr(got)) <= 80 else repr(got)[:77] + "..."

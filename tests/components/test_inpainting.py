@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flawmap.components import inpainting as ip
-from flawmap.components import training as tr
+from flawmap.components import inpainting as ip, training as tr
 
 
 @pytest.mark.parametrize("cell,size", [(2, (16, 16)), (4, (16, 12)), (5, (16, 16))])

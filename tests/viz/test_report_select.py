@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flawmap.registry import detector_class
-from flawmap.report import select as sel
-from flawmap.report import series as ser
+from flawmap.report import select as sel, series as ser
 
 DEFAULT_RATIO = detector_class("patchcore").default_params()["coreset_ratio"]
 

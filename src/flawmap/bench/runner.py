@@ -23,8 +23,8 @@ import torch
 from .. import __version__
 from ..components.features import FeatureCache
 from ..data import Split, Transform, load_split, preprocessing, scan_category
-from ..metrics import evaluate
 from ..factory import get_detector
+from ..metrics import evaluate
 from ..registry import detector_class
 from ..types import AnomalyResult
 from .memory import PeakRSS

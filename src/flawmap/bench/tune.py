@@ -25,11 +25,11 @@ import yaml
 
 from ..data import Transform
 from ..errors import ConfigError
+from ..factory import get_detector
 from ..io import atomic_write_text
 from ..metrics import METRIC_KEYS, evaluate
 from ..params import check_param_names
 from ..presets import get_preset, preset_transform
-from ..factory import get_detector
 from ..registry import detector_class
 from ..viz.text import format_table, format_value
 from .runner import SplitCache

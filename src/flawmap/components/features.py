@@ -164,7 +164,7 @@ LAYER_MODES = ("bilinear", "nearest")
 
 
 def concat_layers(maps: Sequence[torch.Tensor], mode: str = "bilinear",
-                  size: tuple[int, int] | None = None) -> torch.Tensor:
+                  size: tuple[int, ...] | None = None) -> torch.Tensor:
     """Layer maps [(B, C_l, h_l, w_l)] -> (B, sum_l C_l, h, w): each map resized to (h, w) and the
     results concatenated along channels, in the given order.
 

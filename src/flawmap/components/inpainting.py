@@ -14,8 +14,8 @@ Speed (benchmarks/bench_trained.py, 1 thread): nearly all the time is the U-Net'
 not the loss. The layout is ``training.channels_last_helps``: channels_last was 1.4-1.6x faster in fp32 on a
 Sapphire Rapids CPU (AMX) but 1.35x SLOWER on an AMD EPYC without AMX (one fwd+bwd of 6 images at
 256 px: 50 s vs 37 s), so it is used on CUDA and AMX CPUs only. bfloat16 autocast where native (AMX /
-tensor cores, another ~2.5x); at test time BatchNorm is folded into the convolutions. SSIM and MSGMS blur / differentiate all their
-operands in one call (the blur is a banded matrix product, flawmap.filters). Under autocast only the
+tensor cores, another ~2.5x); at test time BatchNorm is folded into the convolutions. SSIM and MSGMS blur /
+differentiate all their operands in one call (the blur is a banded matrix product, flawmap.filters). Under autocast only the
 U-Net runs in the lower precision: the assembly of I_r and the loss terms are float32.
 """
 

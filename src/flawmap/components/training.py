@@ -26,7 +26,8 @@
     ``best - min_delta * |best|`` (``min_delta`` relative, 0: any decrease).
   - "maps": for a loss that keeps falling without the detector changing (a flow's likelihood on features
     near a low-dimensional set can fall for ever), ``val_maps(model, batch)`` gives the anomaly maps of
-    the held-out images and their loss from the same forward pass (one pass per epoch, not two); training stops after epoch e when they ranked their pixels nearly as at epoch
+    the held-out images and their loss from the same forward pass (one pass per epoch, not two); training
+    stops after epoch e when they ranked their pixels nearly as at epoch
     e - ``patience``: :func:`rank_change` (1 - Spearman's rho over all held-out pixels) <= ``map_tolerance``.
     Scale-free (a map only matters through its ordering: AUROC, thresholds calibrated afterwards); the
     last weights are kept.
@@ -49,7 +50,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping, TypeVar, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -496,7 +497,10 @@ def train(model: nn.Module, data: Data, loss_fn: LossFn, settings: TrainSettings
     return report
 
 
-def seeded_init(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def seeded_init(seed: int, build: Callable[[], M]) -> M:
     """Build a module with weights drawn from ``seed`` without changing the global RNG state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))

@@ -129,7 +129,8 @@ def _trace(det: Any, probe: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings: shapes other than the batch are constants, as intended
-        torch.onnx.export(_Graph(det, graph_forward(det)), (probe,), buf, dynamo=False, opset_version=OPSET,
+        torch.onnx.export(_Graph(det, graph_forward(det)), (probe,), buf,  # type: ignore[arg-type]  # a BytesIO
+                          dynamo=False, opset_version=OPSET,
                           input_names=["images"], output_names=["scores", "maps"], do_constant_folding=True,
                           dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}, "maps": {0: "batch"}})
     return buf.getvalue()

@@ -28,8 +28,8 @@ class TorchPredictor:
     """A model folder written by ``flawmap fit`` (config.json + model.safetensors), run with PyTorch."""
 
     def __init__(self, path: str | Path, device: str | None = None) -> None:
-        from ..model_file import load_detector, read_model_config
         from ..data import Transform
+        from ..model_file import load_detector, read_model_config
 
         self.path = Path(path)
         cfg = read_model_config(self.path)

@@ -39,8 +39,16 @@ from ..base import BaseDetector
 from ..components.anomaly_map import upsample
 from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
 from ..components.flows import Flow2d, gaussian_nll
-from ..components.training import (Layout, TrainSettings, channels_last_helps, check_train_params, fingerprint,
-                                   resolve_precision, seeded_init, train)
+from ..components.training import (
+    Layout,
+    TrainSettings,
+    channels_last_helps,
+    check_train_params,
+    fingerprint,
+    resolve_precision,
+    seeded_init,
+    train,
+)
 from ..errors import ConfigError
 from ..params import check_choice, check_layers, check_range
 from ..registry import register_detector
@@ -55,7 +63,7 @@ STRIDES = (4, 8, 16)
 class FastFlowModel(Layout, nn.Module):
     """Learned part: per scale l a LayerNorm affine (C_l, h_l, w_l) and a flow f_l."""
 
-    def __init__(self, shapes: list[tuple[int, int, int]], steps: int, hidden_ratio: float, clamp: float,
+    def __init__(self, shapes: list[tuple[int, ...]], steps: int, hidden_ratio: float, clamp: float,
                  seed: int) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(int(seed))  # channel permutations of the steps
@@ -75,11 +83,14 @@ class FastFlowModel(Layout, nn.Module):
 
 def _normalise(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """LayerNorm over (C, h, w) per sample, without affine (the affine is learned in FastFlowModel)."""
-    return {k: F.layer_norm(v, [int(s) for s in v.shape[1:]]) for k, v in feats.items()}  # ints: a traced (ONNX) graph needs a static shape
+    # ints: a traced (ONNX) graph needs a static shape
+    return {k: F.layer_norm(v, [int(s) for s in v.shape[1:]]) for k, v in feats.items()}
 
 
 @register_detector("fastflow")
 class FastFlow(BaseDetector):
+    flow_: FastFlowModel  # learned: the flows on the backbone features
+
     def __init__(self, *, backbone: str = "efficientnet_lite2", layers: tuple[str, ...] | None = None,
                  weights: str = "imagenet", normalization: str = "weights", flow_steps: int = 8,
                  hidden_ratio: float | None = None, clamp: float = 2.0,
@@ -161,12 +172,12 @@ class FastFlow(BaseDetector):
             data: Any = {k: self.flow_.layout(v.to(self.device_)) for k, v in _normalise(self._backbone_features(
                 images, batch_size=self.batch_size)).items()}  # row selections keep the layout
 
-            def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], g: torch.Generator) -> torch.Tensor:
+            def loss_fn(model: nn.Module, batch: Any, g: torch.Generator) -> torch.Tensor:
                 return model(list(batch.values()))[1].mean()  # paper loss, mean over the batch
         else:
             data = images
 
-            def loss_fn(model: nn.Module, batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            def loss_fn(model: nn.Module, batch: Any, g: torch.Generator) -> torch.Tensor:
                 with torch.no_grad():  # shuffled batches never repeat: not worth caching
                     feats = self._features(batch, cached=False)
                 return model(feats)[1].mean()
@@ -200,7 +211,7 @@ class FastFlow(BaseDetector):
         maps = upsample(self._map(zs, tuple(self.input_size_)), size)
         return maps.flatten(1).amax(1), maps
 
-    def _map(self, zs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def _map(self, zs: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
         """[z_l (B, C_l, h_l, w_l)] -> the anomaly map (B, *size): per scale upsampled, averaged over scales."""
         per_scale = []
         for z in zs:

@@ -36,9 +36,9 @@ import torch.nn.functional as F
 
 from ..base import BaseDetector, float_batch
 from ..components.anomaly_map import anomaly_map
-from ..components.backbones import NORMALIZATIONS, create_backbone, list_backbones
+from ..components.backbones import NORMALIZATIONS, FeatureExtractor, create_backbone, list_backbones
 from ..components.coreset import MODES, greedy_coreset
-from ..components.ensemble import block_scales, check_backbones, create_ensemble, member_features
+from ..components.ensemble import BackboneEnsemble, block_scales, check_backbones, create_ensemble, member_features
 from ..components.features import concat_layers
 from ..components.knn import NearestNeighborIndex, knn
 from ..components.rotation import cell_map, rotate_images, rotated_size, rotation_angles
@@ -57,6 +57,8 @@ ENSEMBLES = ("concat", "scores")
 
 @register_detector("patchcore")
 class PatchCore(BaseDetector):
+    _backbone: FeatureExtractor | BackboneEnsemble
+
     """Paper defaults: layer2+layer3 (stride 8+16 stages), p=3, coreset 10%, d*=128, b=9, sigma=4."""
 
     streams_uint8 = True
@@ -199,7 +201,7 @@ class PatchCore(BaseDetector):
             for blk, sc in zip(torch.split(bank, dims, dim=1), self.block_scale_.tolist()):
                 blk.mul_(sc)
         idx = greedy_coreset(bank.to(self.device_), self.coreset_ratio, projection_dim=self.projection_dim,
-                             seed=self.seed, mode=self.coreset_mode)
+                             seed=self.seed, mode=self.coreset_mode)  # type: ignore[arg-type]  # checked: MODES
         self.memory_bank_ = bank[idx].to(self.device_)  # M_C (k, D)
         self.grid_ = [h, w]
         log.info("patchcore: memory bank %d -> coreset %d patches of dim %d", len(bank), len(idx), d)

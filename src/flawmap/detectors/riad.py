@@ -32,8 +32,16 @@ from torch import nn
 from ..base import BaseDetector
 from ..components.anomaly_map import upsample
 from ..components.inpainting import UNet, fold_batchnorm, grid_masks, inpaint, mean_filter, msgms_map, riad_loss
-from ..components.training import (TrainSettings, autocast, channels_last_helps, check_train_params, fingerprint,
-                                   resolve_precision, seeded_init, train)
+from ..components.training import (
+    TrainSettings,
+    autocast,
+    channels_last_helps,
+    check_train_params,
+    fingerprint,
+    resolve_precision,
+    seeded_init,
+    train,
+)
 from ..errors import ConfigError
 from ..params import check_range
 from ..registry import register_detector
@@ -48,6 +56,8 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 @register_detector("riad")
 class RIAD(BaseDetector):
+    net_: UNet  # learned: the inpainting U-Net
+
     def __init__(self, *, image_size: int = 256, grid_sizes: tuple[int, ...] = (2, 4, 8, 16), n_masks: int = 3,
                  base_channels: int = 64, depth: int = 4, ssim_weight: float = 1.0, gms_weight: float = 1.0,
                  smoothing: int = 21, epochs: int = 300, batch_size: int = 8, lr: float = 1e-4,

@@ -9,11 +9,11 @@ from .pro import aupro, pro_curve
 from .thresholds import (
     MIN_CALIBRATION_IMAGES,
     Calibration,
-    calibrate,
-    fpr_threshold,
     MinMaxNormalizer,
     apply_threshold,
+    calibrate,
     f1_threshold,
+    fpr_threshold,
     image_threshold,
     map_display_range,
     pixel_threshold,

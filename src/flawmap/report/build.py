@@ -31,8 +31,7 @@ from ..bench.store import read_rows
 from ..errors import DataError
 from ..io import atomic_replace_dir, check_replaceable, check_writable
 from ..viz import plots
-from . import select as sel
-from . import series as ser
+from . import select as sel, series as ser
 from .page import Page, slug
 from .select import Cell, Row, select_cells
 
