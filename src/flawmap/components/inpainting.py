@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..filters import gaussian_blur
-from .training import Layout
+from .precision import Layout
 
 GMS_C = 0.0026
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2

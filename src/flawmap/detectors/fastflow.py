@@ -35,23 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import BaseDetector
 from ..components.anomaly_map import upsample
 from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
 from ..components.flows import Flow2d, gaussian_nll
-from ..components.training import (
-    Layout,
-    TrainSettings,
-    channels_last_helps,
-    check_train_params,
-    fingerprint,
-    resolve_precision,
-    seeded_init,
-    train,
-)
+from ..components.precision import Layout, channels_last_helps
+from ..components.training import seeded_init
 from ..errors import ConfigError
 from ..params import check_choice, check_layers, check_range
 from ..registry import register_detector
+from .trained import TrainedDetector
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +80,7 @@ def _normalise(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @register_detector("fastflow")
-class FastFlow(BaseDetector):
+class FastFlow(TrainedDetector):
     flow_: FastFlowModel  # learned: the flows on the backbone features
 
     def __init__(self, *, backbone: str = "efficientnet_lite2", layers: tuple[str, ...] | None = None,
@@ -140,7 +132,7 @@ class FastFlow(BaseDetector):
         check_choice("anomaly_map", self.anomaly_map, ("prob", "nll"))
         check_range("weight_decay", self.weight_decay, 0, 1)
         check_choice("cache_features", self.cache_features, (True, False))
-        check_train_params(self)  # also stop_on, map_tolerance, min_delta
+        self._check_train_params()
 
     def _setup(self) -> None:
         layers = list(self.layers) if self.layers is not None else layers_at_strides(self.backbone, STRIDES)
@@ -186,22 +178,9 @@ class FastFlow(BaseDetector):
             zs, nll = model(list(batch.values()) if self.cache_features else self._features(batch, cached=False))
             return self._map(zs, tuple(zs[0].shape[-2:])), nll.mean()  # maps at the finest grid (B, h_0, w_0), loss_fn
 
-        skip = ("epochs", "checkpoint_dir", "cache_features", "anomaly_map", "min_delta", "precision", "stop_on",
-                "map_tolerance")  # hashed by train
-        params = {k: v for k, v in self.get_params().items() if k not in skip}
-        precision = resolve_precision(self.precision, self.device_)
-        settings = TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                                 weight_decay=self.weight_decay, seed=self.seed, val_fraction=self.val_fraction,
-                                 patience=self.patience, min_delta=self.min_delta, precision=precision,
-                                 stop_on=self.stop_on, map_tolerance=self.map_tolerance,
-                                 checkpoint_dir=self.checkpoint_dir, desc="fastflow: train")
-        log.info("fastflow: training in %s (precision=%r)", precision, self.precision)
-        report = train(self.flow_, data, loss_fn, settings, device=self.device_, val_maps=val_maps,
-                       config={"detector": self.name, **params, "data": fingerprint(images)})
-        self.flow_.eval()
-        self.train_losses_ = report.train_losses
-        self.val_losses_ = report.val_losses
-        self.train_report = report  # not saved: timing of this fit (seconds per epoch, resume point)
+        self._train(self.flow_, data, loss_fn, images=images, val_maps=val_maps,
+                    skip=("epochs", "checkpoint_dir", "cache_features", "anomaly_map", "min_delta", "precision",
+                          "stop_on", "map_tolerance"))  # hashed by train
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         size = tuple(images.shape[-2:])
