@@ -57,12 +57,18 @@ def _add_preset_arg(p: argparse.ArgumentParser) -> None:
                    "--aspect wins")
 
 
+def _add_device_arg(p: argparse.ArgumentParser, saved: bool = False) -> None:
+    """--device, the one definition; ``saved``: a command that loads a saved model (default: its device)."""
+    default = "as saved, i.e. auto: CUDA when present" if saved else "auto: CUDA when present"
+    p.add_argument("--device", default=None, help=f"auto, cpu or cuda[:N] (default: {default})")
+
+
 def _add_method_args(p: argparse.ArgumentParser) -> None:
     _add_preset_arg(p)
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="detector hyperparameter, repeatable (e.g. --param coreset_ratio=0.01 --param layers=[layer2,layer3]); "
                         "see `flawmap list --params METHOD`")
-    p.add_argument("--device", default=None, help="auto (default: CUDA when present), cpu or cuda[:N]")
+    _add_device_arg(p)
 
 
 def _transform(method: str, resize: int | None, crop: int | None, preset: str | None = None,
@@ -427,12 +433,7 @@ def _add_global_args(p: argparse.ArgumentParser, default: Any = False) -> None:
     p.add_argument("--no-progress", action="store_true", default=default, help="hide progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="flawmap", description="Unsupervised visual anomaly detection and segmentation.")
-    ap.add_argument("--version", action="version", version=f"flawmap {__version__}")
-    _add_global_args(ap)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _fit_parser(sub: Any) -> None:
     p = sub.add_parser("fit", help="fit a detector on good images, calibrate its decision on held-out good images, save it")
     p.add_argument("--method", default="patchcore", help="detector name (default: patchcore; see `flawmap list`)")
     p.add_argument("--train", default=None, metavar="DIR", help="folder of good images (searched recursively, any "
@@ -456,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_args(p)
     p.set_defaults(func=cmd_fit)
 
+
+def _predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="score images with a saved model; write scores.csv and overlay PNGs")
     p.add_argument("model", help="model folder written by `flawmap fit`")
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
@@ -466,18 +469,22 @@ def build_parser() -> argparse.ArgumentParser:
     override.add_argument("--target-fpr", type=float, default=None, help="recompute the image and pixel thresholds "
                           "for this false-alarm rate in (0, 1) from the stored calibration scores")
     p.add_argument("--batch-size", type=_int_at_least(1), default=8, help="images per batch (default 8)")
-    p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
+    _add_device_arg(p, saved=True)
     p.set_defaults(func=cmd_predict)
 
+
+def _test_parser(sub: Any) -> None:
     p = sub.add_parser("test", help="evaluate a saved model on a category's test split (AUROC, AUPRO and the "
                        "false-alarm / miss rates of its stored decision)")
     p.add_argument("model", help="model folder written by `flawmap fit`")
     p.add_argument("--data", required=True, help="MVTec-layout root folder, or an embedded dataset: synthetic, "
                    "synthetic-hard")
     p.add_argument("--category", required=True, help="category folder under --data")
-    p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
+    _add_device_arg(p, saved=True)
     p.set_defaults(func=cmd_test)
 
+
+def _export_parser(sub: Any) -> None:
     p = sub.add_parser("export", help="export a saved model to one ONNX file (runs with onnxruntime, without PyTorch)")
     p.add_argument("model", help="model folder written by `flawmap fit` (patchcore, padim or fastflow)")
     p.add_argument("--format", default="onnx", help="export format (default and only one: onnx)")
@@ -486,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing flawmap ONNX export at --out")
     p.set_defaults(func=cmd_export)
 
+
+def _bench_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="fit + evaluate methods on categories; one results row per run (sweeps, studies)")
     p.add_argument("config", nargs="?", help="optional YAML config (keys: data, categories, methods{name: {params, grid, "
                    "variants}}, backbones, resize, crop, aspect, seeds, max_train, corruptions, clean, out, executor, workers, "
@@ -518,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=None, help="center crop (default: paper setting; 0 = none)")
     _add_aspect_arg(p)
     p.add_argument("--max-train", type=_int_at_least(1), default=None, help="use only the first N training images (quick runs)")
-    p.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
+    _add_device_arg(p)
     p.add_argument("--out", default=None, help="output folder for results.sqlite, results.csv, artifacts/ "
                    "(default: results)")
     p.add_argument("--executor", choices=("local", "ray"), default=None,
@@ -548,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(exit code 1 at the end)")
     p.set_defaults(func=cmd_bench)
 
+
+def _tune_parser(sub: Any) -> None:
     p = sub.add_parser("tune", help="hyperparameter search with Optuna on a validation split drawn from the test set")
     p.add_argument("config", nargs="?", help="optional YAML (keys: method, data, categories, params, search, trials, "
                    "metric, val_fraction, seed, resize, crop, aspect, max_train, out, storage, study_name); flags override it")
@@ -574,23 +585,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=None, help="center crop (default: paper setting; 0 = none)")
     _add_aspect_arg(p)
     p.add_argument("--max-train", type=_int_at_least(1), default=None, help="use only the first N training images")
-    p.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
+    _add_device_arg(p)
     p.add_argument("--out", default=None, help="output folder (default: results/tune)")
     p.add_argument("--feature-cache", default=None, metavar="DIR", help="feature cache folder (default: "
                    "<out>/feature_cache)")
     p.add_argument("--no-feature-cache", action="store_true", help="do not cache backbone features")
     p.set_defaults(func=cmd_tune)
 
+
+def _report_parser(sub: Any) -> None:
     p = sub.add_parser("report", help="static HTML + Markdown + CSV report of bench results (opens offline)")
     p.add_argument("results", help="results.sqlite, results.csv or a `flawmap bench` output folder")
     p.add_argument("-o", "--out", default=None, help="report folder (default: <results folder>/report)")
     p.set_defaults(func=cmd_report)
 
+
+def _list_parser(sub: Any) -> None:
     p = sub.add_parser("list", help="list methods and backbones, or a method's hyperparameters")
     p.add_argument("--params", metavar="METHOD", default=None, help="show METHOD's hyperparameters and defaults")
     p.add_argument("--presets", action="store_true", help="show the presets (flawmap.presets) and what each changes "
                    "per method")
     p.set_defaults(func=cmd_list)
+
+
+def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="HTTP service + web page scoring images with a model folder or an exported .onnx")
     p.add_argument("model", help="model folder written by `flawmap fit`, or an .onnx file written by `flawmap export`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
@@ -611,8 +629,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "Basic password) on every endpoint but /healthz (default: $FLAWMAP_API_KEY; unset = open)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds in-flight requests may take after "
                    "SIGTERM (default 30)")
-    p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved, i.e. auto: CUDA when present)")
+    _add_device_arg(p, saved=True)
     p.set_defaults(func=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="flawmap", description="Unsupervised visual anomaly detection and segmentation.")
+    ap.add_argument("--version", action="version", version=f"flawmap {__version__}")
+    _add_global_args(ap)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _fit_parser(sub)
+    _predict_parser(sub)
+    _test_parser(sub)
+    _export_parser(sub)
+    _bench_parser(sub)
+    _tune_parser(sub)
+    _report_parser(sub)
+    _list_parser(sub)
+    _serve_parser(sub)
 
     for p in sub.choices.values():  # global flags are accepted after the subcommand too
         _add_global_args(p, default=argparse.SUPPRESS)
