@@ -112,27 +112,9 @@ class BaseDetector:
 
     # ---- public API -------------------------------------------------------------------------
     def use_feature_cache(self, cache: FeatureCache | None) -> BaseDetector:
-        """Read and write the backbone features of later ``fit``/``predict`` calls in ``cache`` (None,
-        the default: compute them, touch no file). Not a hyperparameter and not saved: it changes where
-        features come from, never their values. Detectors without a backbone (RIAD) ignore it."""
-        self._feature_cache = cache
+        """Where backbone features are cached (``flawmap.detectors.backbone.BackboneDetector``); a detector
+        without a backbone (RIAD) has none to cache and ignores it."""
         return self
-
-    @property
-    def feature_cache(self) -> FeatureCache | None:
-        """The cache set by :meth:`use_feature_cache` (None: off)."""
-        return getattr(self, "_feature_cache", None)
-
-    def _backbone_features(self, images: torch.Tensor, *, batch_size: int | None = None, desc: str | None = None,
-                           device: torch.device | str | None = None, cached: bool = True) -> dict[str, torch.Tensor]:
-        """images (B, 3, H, W) float in [0, 1] -> {layer: (B, C_l, h_l, w_l)} of ``self._backbone``: the
-        one feature path of backbone detectors (``extract_features``, through :attr:`feature_cache`
-        unless ``cached=False``). On the CPU, or on ``device``; ``batch_size`` None: one batch."""
-        from .components.features import extract_features
-
-        return extract_features(self._backbone, images, batch_size=batch_size or max(1, len(images)),  # type: ignore[attr-defined]
-                                desc=desc or f"{self.name}: features", device=device,
-                                cache=self.feature_cache if cached else None)
 
     @property
     def device_(self) -> torch.device:

@@ -36,13 +36,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..components.anomaly_map import upsample
-from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
+from ..components.backbones import layers_at_strides
 from ..components.flows import Flow2d, gaussian_nll
 from ..components.precision import Layout, channels_last_helps
 from ..components.training import seeded_init
 from ..errors import ConfigError
-from ..params import check_choice, check_layers, check_range
+from ..params import check_choice, check_range
 from ..registry import register_detector
+from .backbone import BackboneDetector
 from .trained import TrainedDetector
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def _normalise(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @register_detector("fastflow")
-class FastFlow(TrainedDetector):
+class FastFlow(BackboneDetector, TrainedDetector):
     flow_: FastFlowModel  # learned: the flows on the backbone features
 
     def __init__(self, *, backbone: str = "efficientnet_lite2", layers: tuple[str, ...] | None = None,
@@ -120,9 +121,7 @@ class FastFlow(TrainedDetector):
 
     # ---- hooks -------------------------------------------------------------------------------
     def _validate_params(self) -> None:
-        check_choice("backbone", self.backbone, list_backbones())
-        check_choice("normalization", self.normalization, NORMALIZATIONS)
-        check_layers(self.layers, "the stride 4, 8, 16 layers")
+        self._check_backbone_params()
         if not isinstance(self.weights, str):
             raise ConfigError(f"weights must be 'imagenet', 'random' or a checkpoint path; got {self.weights!r}")
         check_range("flow_steps", self.flow_steps, 1, 64, integer=True)
@@ -136,8 +135,7 @@ class FastFlow(TrainedDetector):
 
     def _setup(self) -> None:
         layers = list(self.layers) if self.layers is not None else layers_at_strides(self.backbone, STRIDES)
-        self._backbone = create_backbone(self.backbone, layers, weights=self.weights,
-                                         normalization=self.normalization, device=self.device)
+        self._backbone = self._create_backbone(layers)
 
     def _ratio(self) -> float:
         return HIDDEN_RATIO[self.backbone] if self.hidden_ratio is None else float(self.hidden_ratio)

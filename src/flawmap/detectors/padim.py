@@ -17,15 +17,16 @@ import logging
 
 import torch
 
-from ..base import BaseDetector, batched, seeded_generator
+from ..base import batched, seeded_generator
 from ..components.anomaly_map import anomaly_map
-from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
+from ..components.backbones import layers_at_strides
 from ..components.features import concat_layers, finest_grid
 from ..components.gaussian import StreamingGaussian, check_memory, inverse_cholesky_, mahalanobis
 from ..errors import ConfigError
-from ..params import check_choice, check_layers, check_range
+from ..params import check_range
 from ..progress import progress
 from ..registry import register_detector
+from .backbone import BackboneDetector
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ PAPER_STRIDES = (4, 8, 16)
 
 
 @register_detector("padim")
-class PaDiM(BaseDetector):
+class PaDiM(BackboneDetector):
     """Paper defaults: layers 1..3 (strides 4, 8, 16), random d channels (R18 100, WRN50 550; EfficientNet-Lite:
     all), eps 0.01, sigma 4."""
 
@@ -73,9 +74,7 @@ class PaDiM(BaseDetector):
         return {"backbone": "efficientnet_lite0"}
 
     def _validate_params(self) -> None:
-        check_choice("backbone", self.backbone, list_backbones())
-        check_choice("normalization", self.normalization, NORMALIZATIONS)
-        check_layers(self.layers, "the stride 4, 8, 16 layers")
+        self._check_backbone_params()
         if self.n_features is not None:
             check_range("n_features", self.n_features, 1, integer=True)
         check_range("eps", self.eps, 0.0, low_open=True)
@@ -85,8 +84,7 @@ class PaDiM(BaseDetector):
 
     def _setup(self) -> None:
         layers = self.layers if self.layers is not None else layers_at_strides(self.backbone, PAPER_STRIDES)
-        self._backbone = create_backbone(self.backbone, tuple(layers), weights=self.weights,
-                                         normalization=self.normalization, device=self.device)
+        self._backbone = self._create_backbone(tuple(layers))
 
     # ---- embedding ------------------------------------------------------------------------------
     def _choose_channels(self, total: int) -> torch.Tensor:

@@ -34,9 +34,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..base import BaseDetector, float_batch
+from ..base import float_batch
 from ..components.anomaly_map import anomaly_map
-from ..components.backbones import NORMALIZATIONS, FeatureExtractor, create_backbone, list_backbones
+from ..components.backbones import NORMALIZATIONS, FeatureExtractor, list_backbones
 from ..components.coreset import MODES, greedy_coreset
 from ..components.ensemble import BackboneEnsemble, block_scales, check_backbones, create_ensemble, member_features
 from ..components.features import concat_layers
@@ -47,6 +47,7 @@ from ..errors import ConfigError, ModelFileError
 from ..params import check_choice, check_layers, check_range
 from ..progress import progress
 from ..registry import register_detector
+from .backbone import BackboneDetector
 
 log = logging.getLogger(__name__)
 Nearest = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
@@ -56,7 +57,7 @@ ENSEMBLES = ("concat", "scores")
 
 
 @register_detector("patchcore")
-class PatchCore(BaseDetector):
+class PatchCore(BackboneDetector):
     _backbone: FeatureExtractor | BackboneEnsemble
 
     """Paper defaults: layer2+layer3 (stride 8+16 stages), p=3, coreset 10%, d*=128, b=9, sigma=4."""
@@ -139,8 +140,7 @@ class PatchCore(BaseDetector):
             self._backbone = create_ensemble(self.backbone, weights=self.weights, normalization=self.normalization,
                                              device=self.device)
         else:
-            self._backbone = create_backbone(self.backbone, self.layers, weights=self.weights,
-                                             normalization=self.normalization, device=self.device)
+            self._backbone = self._create_backbone(self.layers)
 
     # ---- locally aware patch features ---------------------------------------------------------
     def _embed_member(self, feats: list[torch.Tensor]) -> torch.Tensor:
