@@ -394,11 +394,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw or {}
 
 
-def load_config(path: str | Path) -> BenchConfig:
-    path = Path(path)
-    return parse_config(_read_yaml(path), where=str(path))
-
-
 def load_study(path: str | Path) -> StudyConfig:
     """A bench config or a study config file."""
     path = Path(path)

@@ -14,9 +14,8 @@ This module imports no torch at import time.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -69,10 +68,7 @@ def open_predictor(path: str | Path, device: str | None = None) -> Predictor:
     return TorchPredictor(p, device=device)
 
 
-def card_json(pred: Any) -> str:
-    """The model card as JSON text (``GET /v1/model``, ``flawmap predict -v``)."""
-    return json.dumps(pred.card, indent=2, sort_keys=True)
 
 
-__all__ = ["Predictor", "TorchPredictor", "Verdict", "calibration_of", "card_json", "decide", "open_predictor",
+__all__ = ["Predictor", "TorchPredictor", "Verdict", "calibration_of", "decide", "open_predictor",
            "preprocess"]

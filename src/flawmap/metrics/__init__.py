@@ -9,15 +9,11 @@ from .pro import aupro, pro_curve
 from .thresholds import (
     MIN_CALIBRATION_IMAGES,
     Calibration,
-    MinMaxNormalizer,
-    apply_threshold,
     calibrate,
-    f1_threshold,
     fpr_threshold,
     image_threshold,
     map_display_range,
     pixel_threshold,
-    threshold_from_good,
 )
 
 __all__ = [
@@ -27,12 +23,9 @@ __all__ = [
     "calibrate",
     "fpr_threshold",
     "METRIC_KEYS",
-    "MinMaxNormalizer",
     "aupro",
-    "apply_threshold",
     "evaluate",
     "f1_max",
-    "f1_threshold",
     "image_auroc",
     "image_threshold",
     "map_display_range",
@@ -41,5 +34,4 @@ __all__ = [
     "pixel_f1_max",
     "pro_curve",
     "roc_curve",
-    "threshold_from_good",
 ]
