@@ -16,7 +16,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from .errors import ConfigError, ModelFileError, NotFittedError
 from .model_file import JSON_TYPES, check_save_target, is_model_folder, load_detector, read_model_config, write_model
 from .params import check_choice, check_layers, check_param_names, check_range
 from .progress import progress
+from .registry import exportable_detectors
 from .types import AnomalyResult
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class BaseDetector:
     paper_transform: ClassVar[dict[str, int | None]] = {"resize": 256, "crop": 224}
     #: True when ``_fit`` reads its images batch by batch (``float_batch``): uint8 input stays uint8
     streams_uint8: ClassVar[bool] = False
+    #: True when :meth:`traced_forward` gives the predict path as one graph ``flawmap export`` can trace (ONNX)
+    exportable: ClassVar[bool] = False
 
     # ---- parameters -------------------------------------------------------------------------
     @classmethod
@@ -109,6 +112,12 @@ class BaseDetector:
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) on CPU -> scores (B,), maps (B, H, W)."""
         raise NotImplementedError
+
+    def traced_forward(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """The fitted predict path as one traceable function, images (N, 3, H, W) float32 -> (scores (N,),
+        maps (N, H, W)), for ``flawmap export``; ConfigError for a method that is not :attr:`exportable`."""
+        raise ConfigError(f"method {self.name!r} cannot be exported to ONNX; exportable methods: "
+                          f"{', '.join(exportable_detectors())}")
 
     # ---- public API -------------------------------------------------------------------------
     def use_feature_cache(self, cache: FeatureCache | None) -> BaseDetector:

@@ -43,6 +43,11 @@ def list_detectors() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def exportable_detectors() -> list[str]:
+    """Names of the detectors ``flawmap export`` can write to ONNX (class attribute ``exportable``), sorted."""
+    return [name for name in list_detectors() if _REGISTRY[name].exportable]
+
+
 def detector_class(name: str) -> type[BaseDetector]:
     _load_builtins()
     try:

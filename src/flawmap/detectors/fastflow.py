@@ -29,7 +29,7 @@ stops after 32 epochs there (5.4 min, image / pixel AUROC 1.000 / 0.974).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +82,7 @@ def _normalise(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @register_detector("fastflow")
 class FastFlow(BackboneDetector, TrainedDetector):
+    exportable = True
     flow_: FastFlowModel  # learned: the flows on the backbone features
 
     def __init__(self, *, backbone: str = "efficientnet_lite2", layers: tuple[str, ...] | None = None,
@@ -179,6 +180,9 @@ class FastFlow(BackboneDetector, TrainedDetector):
         self._train(self.flow_, data, loss_fn, images=images, val_maps=val_maps,
                     skip=("epochs", "checkpoint_dir", "cache_features", "anomaly_map", "min_delta", "precision",
                           "stop_on", "map_tolerance"))  # hashed by train
+
+    def traced_forward(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        return self._predict  # traces as is
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         size = tuple(images.shape[-2:])

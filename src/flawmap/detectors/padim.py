@@ -14,6 +14,7 @@ repeating each coarse cell over the fine cells it covers, which is nearest upsam
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 
@@ -43,6 +44,8 @@ PAPER_STRIDES = (4, 8, 16)
 class PaDiM(BackboneDetector):
     """Paper defaults: layers 1..3 (strides 4, 8, 16), random d channels (R18 100, WRN50 550; EfficientNet-Lite:
     all), eps 0.01, sigma 4."""
+
+    exportable = True
 
     def __init__(
         self,
@@ -134,6 +137,9 @@ class PaDiM(BackboneDetector):
         self.mean_ = acc.mean  # mu_ij (P, d)
         self.inv_chol_ = inverse_cholesky_(cov)  # L_ij^-1 (P, d, d), Sigma_ij = L L^T; same buffer
         self.channel_idx_ = self.channel_idx_.to(self.device_)
+
+    def traced_forward(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        return self._predict  # traces as is
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self._embed(self._backbone_features(images, device=self.device_))  # (B, d, h, w)

@@ -40,7 +40,7 @@ from ..components.backbones import NORMALIZATIONS, FeatureExtractor, list_backbo
 from ..components.coreset import MODES, greedy_coreset
 from ..components.ensemble import BackboneEnsemble, block_scales, check_backbones, create_ensemble, member_features
 from ..components.features import concat_layers
-from ..components.knn import NearestNeighborIndex, knn
+from ..components.knn import NearestNeighborIndex, knn, nearest_dense
 from ..components.rotation import cell_map, rotate_images, rotated_size, rotation_angles
 from ..device import check_memory_budget
 from ..errors import ConfigError, ModelFileError
@@ -58,11 +58,11 @@ ENSEMBLES = ("concat", "scores")
 
 @register_detector("patchcore")
 class PatchCore(BackboneDetector):
-    _backbone: FeatureExtractor | BackboneEnsemble
-
     """Paper defaults: layer2+layer3 (stride 8+16 stages), p=3, coreset 10%, d*=128, b=9, sigma=4."""
 
     streams_uint8 = True
+    exportable = True
+    _backbone: FeatureExtractor | BackboneEnsemble
 
     def __init__(
         self,
@@ -251,6 +251,17 @@ class PatchCore(BackboneDetector):
     def _nearest(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """k nearest memory-bank patches of q (Q, D): (dists (Q, k), idx (Q, k))."""
         return self._index.search(q, k) if self._index is not None else knn(q, self.memory_bank_, k)
+
+    def traced_forward(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``_score`` with the dense, loop-free ``knn.nearest_dense`` search (the pruned index of ``_predict``
+        is NumPy code); one bank only."""
+        if self._separate:
+            raise ConfigError("a PatchCore ensemble='scores' (one bank per backbone) cannot be exported to ONNX; "
+                              "refit with ensemble='concat' (one bank) to export it")
+        bank = self.memory_bank_.detach().cpu()
+        bank_sq = bank.pow(2).sum(1)
+        nearest = lambda q, k: nearest_dense(q, bank, k, bank_sq)  # noqa: E731
+        return lambda x: self._score(x, nearest, self._backbone)
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._separate:  # mean of the members' standardised scores and maps
