@@ -11,7 +11,7 @@
 
 Speed (benchmarks/bench_trained.py, 1 thread): nearly all the time is the U-Net's own convolutions
 (|K| n forward passes per test image), so the levers are the memory layout and the arithmetic precision,
-not the loss. The layout is ``training.channels_last_helps``: channels_last was 1.4-1.6x faster in fp32 on a
+not the loss. The layout is ``precision.channels_last_helps``: channels_last was 1.4-1.6x faster in fp32 on a
 Sapphire Rapids CPU (AMX) but 1.35x SLOWER on an AMD EPYC without AMX (one fwd+bwd of 6 images at
 256 px: 50 s vs 37 s), so it is used on CUDA and AMX CPUs only. bfloat16 autocast where native (AMX /
 tensor cores, another ~2.5x); at test time BatchNorm is folded into the convolutions. SSIM and MSGMS blur /
