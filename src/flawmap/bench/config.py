@@ -41,7 +41,7 @@ from ..data import list_categories
 from ..data.transform import ASPECTS
 from ..errors import ConfigError
 from ..params import check_param_names
-from ..presets import get_preset
+from ..presets import get_preset, preset_params
 from ..registry import detector_class, list_detectors
 from .runner import RunSpec
 
@@ -111,7 +111,7 @@ class BenchConfig:
                 for variant in mc.variants or [{}]:
                     for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
                         for seed in self.seeds or [None]:
-                            params = {**preset.params_for(name), **mc.params, **variant, **dict(zip(keys, values))}
+                            params = preset_params(preset, name, {**mc.params, **variant, **dict(zip(keys, values))})
                             if seed is not None:
                                 params["seed"] = seed
                             pre = {**preset.preprocessing_for(name), **self.preprocessing()}  # the config's win
