@@ -32,7 +32,8 @@ import torch
 from safetensors.torch import load_file
 
 from flawmap import get_detector
-from flawmap.components.training import CHECKPOINT_JSON, improves
+from flawmap.components.checkpoint import CHECKPOINT_JSON
+from flawmap.components.stopping import improves
 from flawmap.data import load_split, scan_category
 from flawmap.metrics.evaluate import evaluate
 from flawmap.params import parse_params

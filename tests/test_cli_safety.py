@@ -241,12 +241,12 @@ def test_predict_to_a_read_only_folder_is_one_line(model: Path, synthetic_root: 
 def test_full_disk_during_save_is_one_line_and_leaves_nothing(synthetic_root: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    import flawmap.base
+    import flawmap.model_file
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(flawmap.base, "save_file", full)
+    monkeypatch.setattr(flawmap.model_file, "save_file", full)
     assert main(_fit_args(synthetic_root, tmp_path / "m")) == 1
     err = capsys.readouterr().err.strip()
     assert "No space left on device" in err and "-v" in err and "Traceback" not in err

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 try:
-    import mkdocs  # noqa: F401
     import material  # noqa: F401
+    import mkdocs  # noqa: F401
     import mkdocstrings  # noqa: F401
     HAVE_MKDOCS = True
 except ImportError:  # CI installs them with .[dev]; a bare checkout may not have them
@@ -48,7 +48,8 @@ def test_strict_build_has_every_page(site: Path) -> None:
                  "methods/fastflow", "methods/riad"):
         assert (site / f"{page}.html").is_file(), page
     html = "\n".join(p.read_text() for p in site.rglob("*.html"))
-    assert not re.search(r'<(?:script|link|img|iframe)[^>]+(?:src|href)="(?:https?:)?//', html), "a resource from outside the site"
+    outside = re.search(r'<(?:script|link|img|iframe)[^>]+(?:src|href)="(?:https?:)?//', html)
+    assert not outside, "a resource from outside the site"
     assert (site / "search" / "search_index.js").is_file()  # search without a server
 
 
@@ -65,7 +66,7 @@ def test_parameter_tables_are_generated_from_the_detectors(site: Path) -> None:
     api = (site / "api.html").read_text()
     for name in ("get_detector", "list_detectors", "load_detector", "BaseDetector", "AnomalyResult", "load_split",
                  "scan_category", "load_folder", "evaluate", "open_predictor"):
-        assert f'id="flawmap.' in api and re.search(rf'id="flawmap\.[\w.]*\b{name}"', api), name
+        assert 'id="flawmap.' in api and re.search(rf'id="flawmap\.[\w.]*\b{name}"', api), name
 
 
 def test_readme_is_a_front_door() -> None:

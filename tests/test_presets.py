@@ -15,8 +15,18 @@ from flawmap.bench.tune import load_tune_config
 from flawmap.cli import build_parser, load_bench_study, main, tune_config
 from flawmap.data import make_synthetic_mvtec
 from flawmap.errors import ConfigError
-from flawmap.presets import (CPU_QUICK, FAST, FAST_CPU, PAPER, Preset, get_preset, list_presets, preset_of, preset_params,
-                             preset_transform)
+from flawmap.presets import (
+    CPU_QUICK,
+    FAST,
+    FAST_CPU,
+    PAPER,
+    Preset,
+    get_preset,
+    list_presets,
+    preset_of,
+    preset_params,
+    preset_transform,
+)
 from flawmap.registry import detector_class, list_detectors
 
 

@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "AnomalyResult": "types",
-    "get_detector": "registry", "list_detectors": "registry", "register_detector": "registry",
-    "BaseDetector": "base", "load_detector": "base",
+    "get_detector": "factory", "list_detectors": "registry", "register_detector": "registry",
+    "BaseDetector": "base", "load_detector": "model_file",
 }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .params import check_param_names, parse_params
+from .params import parse_params
 
 log = logging.getLogger("flawmap")
 
@@ -58,8 +58,9 @@ class _Help(str):
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--data", required=required, help=_Help("MVTec-layout root folder (<root>/<category>/train/good, test/, ground_truth/), "
-                   "or the name of an embedded dataset, generated once: {}", _names("flawmap.data.synthetic", "EMBEDDED_DATASETS")))
+    p.add_argument("--data", required=required, help=_Help(
+        "MVTec-layout root folder (<root>/<category>/train/good, test/, ground_truth/), or the name of an embedded "
+        "dataset, generated once: {}", _names("flawmap.data.synthetic", "EMBEDDED_DATASETS")))
     p.add_argument("--resize", type=int, default=None, help="resize images to this size (default: the method's paper setting)")
     p.add_argument("--crop", type=int, default=None, help="center crop after resize (default: the method's paper setting, "
                    "but none for `fit --train` on your own folder; 0 = no crop)")
@@ -82,12 +83,18 @@ def _add_preset_arg(p: argparse.ArgumentParser) -> None:
                    "--aspect wins")
 
 
+def _add_device_arg(p: argparse.ArgumentParser, saved: bool = False) -> None:
+    """--device, the one definition; ``saved``: a command that loads a saved model (default: its device)."""
+    default = "as saved, i.e. auto: CUDA when present" if saved else "auto: CUDA when present"
+    p.add_argument("--device", default=None, help=f"auto, cpu or cuda[:N] (default: {default})")
+
+
 def _add_method_args(p: argparse.ArgumentParser) -> None:
     _add_preset_arg(p)
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="detector hyperparameter, repeatable (e.g. --param coreset_ratio=0.01 --param layers=[layer2,layer3]); "
                         "see `flawmap list --params METHOD`")
-    p.add_argument("--device", default=None, help="auto (default: CUDA when present), cpu or cuda[:N]")
+    _add_device_arg(p)
 
 
 def _transform(method: str, resize: int | None, crop: int | None, preset: str | None = None,
@@ -133,11 +140,11 @@ def _assumption(plan: Any, cal: Any) -> str:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .base import check_save_target
     from .deploy.calibration import fit_calibrated
     from .deploy.groups import leakage_line
+    from .factory import get_detector
     from .metrics.thresholds import check_target_fpr
-    from .registry import get_detector
+    from .model_file import check_save_target
 
     params = parse_params(args.param)
     if args.device:
@@ -263,10 +270,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from .viz.text import format_table
     from .data import load_split, resolve_data_root, scan_category
     from .deploy.predictor import open_predictor
     from .metrics import decision_rates, evaluate
+    from .viz.text import format_table
 
     pred = open_predictor(args.model, device=args.device)
     test = load_split(scan_category(resolve_data_root(args.data), args.category), "test", pred.transform)
@@ -335,142 +342,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if violated else 0
 
 
-def _parse_corruption(text: str):
-    """--corruption NAME[:SEVERITIES[:P]], e.g. gaussian_noise:1,3,5:0.3 -> config mapping."""
-    from .errors import ConfigError
-
-    parts = text.split(":")
-    if not parts[0] or len(parts) > 3:
-        raise ConfigError(f"--corruption expects NAME[:SEVERITIES[:P]] (e.g. gaussian_noise:1,3,5:0.3); got {text!r}")
-    item: dict[str, Any] = {"name": parts[0]}
-    try:
-        if len(parts) > 1 and parts[1]:
-            item["severities"] = [int(v) for v in parts[1].split(",") if v]
-        if len(parts) > 2 and parts[2]:
-            item["p"] = float(parts[2])
-    except ValueError:
-        raise ConfigError(f"--corruption: severities must be integers 1..5 and p a number; got {text!r}") from None
-    return item
-
-
-def _apply_method_overrides(cfg, args: argparse.Namespace, study_mode: bool) -> None:
-    """--methods / --param / --grid / --device on one sweep config (in place)."""
-    from .bench.config import MethodConfig, check_method
-    from .registry import detector_class
-
-    if args.methods:
-        names = [m for m in args.methods.split(",") if m]
-        if study_mode:  # a filter on the study's methods
-            cfg.methods = {m: mc for m, mc in cfg.methods.items() if m in names}
-        else:
-            for m in names:
-                check_method(m)
-            cfg.methods = {m: cfg.methods.get(m, MethodConfig()) for m in names}
-    fixed = parse_params(args.param)
-    grid = {k: list(v) if isinstance(v, tuple) else [v] for k, v in parse_params(args.grid, "--grid").items()}
-    for name, mc in cfg.methods.items():
-        allowed = detector_class(name).param_names()
-        for key, value in {**fixed, **grid}.items():
-            method, _, pname = key.rpartition(".")
-            if method and method != name:
-                continue
-            if pname not in allowed:
-                if method:  # METHOD.KEY: KEY must be one of METHOD's parameters
-                    check_param_names(name, [pname], allowed, where=key)
-                continue  # an unscoped key only applies to methods that have it
-            (mc.grid if key in grid else mc.params)[pname] = value
-        if args.device:
-            mc.params["device"] = args.device
-
-
 def load_bench_study(args: argparse.Namespace):
-    """The study (or plain sweep) of a `flawmap bench` command line: file, preset, then flags."""
-    from .bench.config import StudyConfig, load_study, parse_corruptions, preset_path
-    from .bench.defaults import default_bench_config
-    from .components.backbones import list_backbones
-    from .errors import ConfigError
+    """The study (or plain sweep) of a `flawmap bench` command line (``flawmap.bench.overrides``)."""
+    from dataclasses import fields
 
-    if args.config and args.study:
-        raise ConfigError("give either a CONFIG file or --study, not both")
-    path = preset_path(args.study) if args.study else args.config
-    if path:
-        study = load_study(path)
-    else:  # every method, cpu-quick settings (or --preset), on the embedded data unless --data (flawmap.bench.defaults)
-        cfg = default_bench_config(args.preset)
-        study = StudyConfig(base=cfg, experiments={cfg.name or "": cfg})
-    if args.experiments is not None:
-        study.select([e for e in args.experiments.split(",") if e])
-    study_mode = study.is_study
-    base = study.base
-    for attr in ("data", "out", "executor", "workers", "address", "gallery"):
-        v = getattr(args, attr)
-        if v is not None:
-            setattr(base, attr, v)
-    if args.no_feature_cache:
-        base.feature_cache = False
-    elif args.feature_cache:
-        base.feature_cache = args.feature_cache
-    if args.no_report:
-        base.report = False
-    elif args.report is not None:
-        base.report = args.report or True
-    elif study_mode and base.report is None:
-        base.report = True  # a study writes one report by default
-    extra_corruptions = parse_corruptions([_parse_corruption(c) for c in args.corruption or []], "--corruption")
-    seeds = [int(v) for v in args.seeds.split(",") if v] if args.seeds else None
-    backbones = [b for b in args.backbones.split(",") if b] if args.backbones else None
-    for b in backbones or []:
-        if b not in list_backbones():
-            raise ConfigError(f"--backbones: unknown backbone {b!r}; allowed: {', '.join(list_backbones())}")
-    for name, cfg in list(study.experiments.items()):
-        if cfg is not base:
-            for attr in ("data", "out", "executor", "workers", "address", "gallery", "feature_cache", "report"):
-                setattr(cfg, attr, getattr(base, attr))
-        for attr in ("preset", "resize", "crop", "aspect", "max_train"):
-            v = getattr(args, attr)
-            if v is not None:
-                setattr(cfg, attr, v)
-        if args.categories:
-            cfg.categories = [c for c in args.categories.split(",") if c]
-        if seeds is not None:
-            cfg.seeds = seeds
-        if backbones is not None:
-            cfg.backbones = backbones
-        if extra_corruptions:
-            cfg.corruptions = [*cfg.corruptions, *extra_corruptions]
-        _apply_method_overrides(cfg, args, study_mode)
-        for method in cfg.methods:  # a bad resize/crop/aspect stops here, before any run
-            _transform(method, cfg.resize, cfg.crop, cfg.preset, cfg.aspect)
-        if not cfg.methods:
-            del study.experiments[name]
-    if not study.experiments:
-        raise ConfigError(f"--methods {args.methods}: none of these methods is in the study")
-    _check_override_keys(study, args)
-    return study
+    from .bench.overrides import BenchFlags, load_bench_study
 
-
-def _check_override_keys(study, args: argparse.Namespace) -> None:
-    """Every --param / --grid key must reach a selected method: an unscoped key that no selected method
-    has (a typo such as coreset_raito) is an error listing the parameters of the selected methods."""
-    from .bench.config import check_method
-    from .errors import ConfigError
-    from .registry import detector_class
-
-    selected = sorted({m for cfg in study.experiments.values() for m in cfg.methods})
-    for flag, items in (("--param", args.param), ("--grid", args.grid)):
-        for key in parse_params(items, flag):
-            method, _, pname = key.rpartition(".")
-            if method:
-                check_method(method)
-                if method not in selected:
-                    msg = f"{flag} {key}: method {method!r} is not selected (selected: {', '.join(selected)})"
-                    if not study.is_study:
-                        raise ConfigError(msg)
-                    log.warning("%s; ignored", msg)
-            elif not any(pname in detector_class(m).param_names() for m in selected):
-                allowed = "; ".join(f"{m}: {', '.join(detector_class(m).param_names())}" for m in selected)
-                raise ConfigError(f"{flag} {key}: no selected method has a parameter {pname!r}; parameters of the "
-                                  f"selected methods: {allowed}")
+    return load_bench_study(BenchFlags(**{f.name: getattr(args, f.name) for f in fields(BenchFlags)}))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -519,7 +397,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"feature cache: {cache} ({FeatureCache(Path(cache)).size_bytes() / 2**20:.0f} MiB)")
     print(f"{res.n_ran} runs in {res.seconds:.1f} s")
     if base.report and res.rows:
-        from .viz.report import build_report
+        from .report import build_report
 
         report_dir = Path(base.report) if isinstance(base.report, str) else out / "report"
         index = build_report(out, report_dir).resolve()
@@ -576,7 +454,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .viz.report import build_report
+    from .report import build_report
 
     src = Path(args.results)
     folder = src if src.is_dir() else src.parent
@@ -699,9 +577,9 @@ def _add_log_parser(sub) -> None:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    from .base import read_model_config
     from .deploy.update import plan_update, previous_calibration_files, update_model
     from .errors import ConfigError
+    from .model_file import read_model_config
 
     if args.add_good is None and args.from_log is None:
         raise ConfigError("give new good images: --add-good DIR and/or --from-log DIR --label good")
@@ -765,12 +643,7 @@ def _add_global_args(p: argparse.ArgumentParser, default: Any = False) -> None:
     p.add_argument("--no-progress", action="store_true", default=default, help="hide progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="flawmap", description="Unsupervised visual anomaly detection and segmentation.")
-    ap.add_argument("--version", action="version", version=f"flawmap {__version__}")
-    _add_global_args(ap)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _fit_parser(sub: Any) -> None:
     p = sub.add_parser("fit", help="fit a detector on good images, calibrate its decision on held-out good images, save it")
     p.add_argument("--method", default="patchcore", help="detector name (default: patchcore; see `flawmap list`)")
     p.add_argument("--train", default=None, metavar="DIR", help="folder of good images (searched recursively, any "
@@ -798,6 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_args(p)
     p.set_defaults(func=cmd_fit)
 
+
+def _predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="score images with a saved model; write scores.csv and overlay PNGs")
     p.add_argument("model", help="model folder written by `flawmap fit`")
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
@@ -808,9 +683,11 @@ def build_parser() -> argparse.ArgumentParser:
     override.add_argument("--target-fpr", type=float, default=None, help="recompute the image and pixel thresholds "
                           "for this false-alarm rate in (0, 1) from the stored calibration scores")
     p.add_argument("--batch-size", type=_int_at_least(1), default=8, help="images per batch (default 8)")
-    p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
+    _add_device_arg(p, saved=True)
     p.set_defaults(func=cmd_predict)
 
+
+def _check_parser(sub: Any) -> None:
     p = sub.add_parser("check", help="check a saved model's false-alarm promise on independent good images (and its "
                        "miss rate on defective ones); exit status 1 when the promise is violated")
     p.add_argument("model", help="model folder written by `flawmap fit`")
@@ -819,18 +696,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the binomial intervals (default 0.95)")
     p.add_argument("--recalibrate", action="store_true", help="store a new threshold computed from the --good images "
                    "(the same held-out rule, at the stored target); the previous calibration stays in the model's history")
-    p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
+    _add_device_arg(p, saved=True)
     p.set_defaults(func=cmd_check)
 
+
+def _test_parser(sub: Any) -> None:
     p = sub.add_parser("test", help="evaluate a saved model on a category's test split (AUROC, AUPRO and the "
                        "false-alarm / miss rates of its stored decision)")
     p.add_argument("model", help="model folder written by `flawmap fit`")
     p.add_argument("--data", required=True, help=_Help("MVTec-layout root folder, or an embedded dataset: {}",
                                                        _names("flawmap.data.synthetic", "EMBEDDED_DATASETS")))
     p.add_argument("--category", required=True, help="category folder under --data")
-    p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved)")
+    _add_device_arg(p, saved=True)
     p.set_defaults(func=cmd_test)
 
+
+def _export_parser(sub: Any) -> None:
     p = sub.add_parser("export", help="export a saved model to one ONNX file (runs with onnxruntime, without PyTorch)")
     p.add_argument("model", help=_Help("model folder written by `flawmap fit` (methods that export: {})",
                                        _names("flawmap.deploy.export", "EXPORTABLE")))
@@ -840,12 +721,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing flawmap ONNX export at --out")
     p.set_defaults(func=cmd_export)
 
+
+def _bench_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="fit + evaluate methods on categories; one results row per run (sweeps, studies)")
     p.add_argument("config", nargs="?", help="optional YAML config (keys: data, categories, methods{name: {params, grid, "
                    "variants}}, backbones, resize, crop, aspect, seeds, max_train, corruptions, clean, out, executor, workers, "
                    "feature_cache, gallery, report; or a study with experiments: {name: {...}}); flags override it")
     p.add_argument("--study", default=None, metavar="NAME", help="run a study preset: study_NAME.yaml from ./configs or "
-                   "the presets shipped with flawmap (e.g. `--study seed`, every experiment of the original study) or a study YAML path")
+                   "the presets shipped with flawmap (e.g. `--study seed`, every experiment of the original study) "
+                   "or a study YAML path")
     p.add_argument("--data", default=None, help=_Help("MVTec-layout root, or an embedded dataset: {} (the first is the "
                    "default, no download)", _names("flawmap.data.synthetic", "EMBEDDED_DATASETS")))
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all under --data)")
@@ -870,12 +754,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=None, help="center crop (default: paper setting; 0 = none)")
     _add_aspect_arg(p)
     p.add_argument("--max-train", type=_int_at_least(1), default=None, help="use only the first N training images (quick runs)")
-    p.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
+    _add_device_arg(p)
     p.add_argument("--out", default=None, help="output folder for results.sqlite, results.csv, artifacts/ "
                    "(default: results)")
     p.add_argument("--executor", choices=("local", "ray"), default=None,
                    help="local (default: in this process, or a process pool with --workers) or ray")
-    p.add_argument("--workers", type=_int_at_least(1), default=None, help="parallel runs: local process pool size, or the CPUs of "
+    p.add_argument("--workers", type=_int_at_least(1), default=None,
+                   help="parallel runs: local process pool size, or the CPUs of "
                    "a local Ray (default 1)")
     p.add_argument("--address", default=None, help="Ray cluster to join (e.g. auto or ray://head:10001; default: "
                    "start a local Ray)")
@@ -899,6 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(exit code 1 at the end)")
     p.set_defaults(func=cmd_bench)
 
+
+def _tune_parser(sub: Any) -> None:
     p = sub.add_parser("tune", help="hyperparameter search with Optuna on a validation split drawn from the test set")
     p.add_argument("config", nargs="?", help="optional YAML (keys: method, data, categories, params, search, trials, "
                    "metric, val_fraction, seed, resize, crop, aspect, max_train, out, storage, study_name); flags override it")
@@ -925,23 +812,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=None, help="center crop (default: paper setting; 0 = none)")
     _add_aspect_arg(p)
     p.add_argument("--max-train", type=_int_at_least(1), default=None, help="use only the first N training images")
-    p.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
+    _add_device_arg(p)
     p.add_argument("--out", default=None, help="output folder (default: results/tune)")
     p.add_argument("--feature-cache", default=None, metavar="DIR", help="feature cache folder (default: "
                    "<out>/feature_cache)")
     p.add_argument("--no-feature-cache", action="store_true", help="do not cache backbone features")
     p.set_defaults(func=cmd_tune)
 
+
+def _report_parser(sub: Any) -> None:
     p = sub.add_parser("report", help="static HTML + Markdown + CSV report of bench results (opens offline)")
     p.add_argument("results", help="results.sqlite, results.csv or a `flawmap bench` output folder")
     p.add_argument("-o", "--out", default=None, help="report folder (default: <results folder>/report)")
     p.set_defaults(func=cmd_report)
 
+
+def _list_parser(sub: Any) -> None:
     p = sub.add_parser("list", help="list methods and backbones, or a method's hyperparameters")
     p.add_argument("--params", metavar="METHOD", default=None, help="show METHOD's hyperparameters and defaults")
     p.add_argument("--presets", action="store_true", help="show the presets (flawmap.presets) and what each changes "
                    "per method")
     p.set_defaults(func=cmd_list)
+
+
+def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="HTTP service + web page scoring images with a model folder or an exported .onnx")
     p.add_argument("model", help="model folder written by `flawmap fit`, or an .onnx file written by `flawmap export`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
@@ -962,9 +856,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "Basic password) on every endpoint but /healthz (default: $FLAWMAP_API_KEY; unset = open)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds in-flight requests may take after "
                    "SIGTERM (default 30)")
-    p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: as saved, i.e. auto: CUDA when present)")
+    _add_device_arg(p, saved=True)
     p.set_defaults(func=cmd_serve)
     _add_line_serve_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="flawmap", description="Unsupervised visual anomaly detection and segmentation.")
+    ap.add_argument("--version", action="version", version=f"flawmap {__version__}")
+    _add_global_args(ap)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _fit_parser(sub)
+    _predict_parser(sub)
+    _check_parser(sub)
+    _test_parser(sub)
+    _export_parser(sub)
+    _bench_parser(sub)
+    _tune_parser(sub)
+    _report_parser(sub)
+    _list_parser(sub)
+    _serve_parser(sub)
     _add_log_parser(sub)
     _add_update_parser(sub)
 

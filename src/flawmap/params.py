@@ -1,4 +1,4 @@
-"""Hyperparameters given as text, and the unknown-parameter check: the one place both live.
+"""Hyperparameters given as text, the unknown-parameter check and the value checks: the one place they live.
 
 ``parse_params(["coreset_ratio=0.1", "layers=[layer2,layer3]"])`` -> ``{"coreset_ratio": 0.1,
 "layers": ("layer2", "layer3")}`` (YAML values; lists become tuples). ``check_param_names`` is the check that
@@ -8,8 +8,10 @@ No argparse here: the CLI passes the strings of its flags.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import yaml
 
 from .errors import ConfigError
@@ -43,4 +45,32 @@ def check_param_names(owner: str, names: Iterable[str], allowed: Sequence[str], 
         raise ConfigError(f"{prefix}{owner}: unknown parameter(s) {unknown}; allowed: {', '.join(allowed)}")
 
 
-__all__ = ["check_param_names", "parse_params", "parse_value"]
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; allowed values: {', '.join(map(repr, allowed))}")
+
+
+def check_range(name: str, value: Any, low: float | None = None, high: float | None = None,
+                *, low_open: bool = False, integer: bool = False) -> None:
+    if integer and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+        raise ConfigError(f"{name} must be an integer; got {value!r}")
+    if not integer and (isinstance(value, bool) or not isinstance(value, (int, float, np.number))):
+        raise ConfigError(f"{name} must be a number; got {value!r}")
+    if not integer and not math.isfinite(float(value)):
+        raise ConfigError(f"{name}={value!r} is not allowed; it must be a finite number")
+    bad = (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
+    if bad:
+        lo = "-inf" if low is None else f"{low}"
+        hi = "inf" if high is None else f"{high}"
+        raise ConfigError(f"{name}={value!r} is out of range; allowed: {'(' if low_open else '['}{lo}, {hi}]")
+
+
+def check_layers(value: Any, default: str = "the paper's layers") -> None:
+    """``layers``: None (``default``) or a non-empty tuple/list of layer names (a bare string is refused)."""
+    if value is not None and (not isinstance(value, (list, tuple)) or not value
+                              or not all(isinstance(v, str) for v in value)):
+        raise ConfigError(f"layers must be None ({default}) or a non-empty tuple of layer names; got {value!r}")
+
+
+__all__ = ["check_choice", "check_layers", "check_param_names", "check_range", "parse_params", "parse_value"]

@@ -1,9 +1,12 @@
-"""Detector registry: ``@register_detector("name")``, ``get_detector(name, **params)``."""
+"""Detector registry: ``@register_detector("name")`` and the lookups (``detector_class``, ``list_detectors``).
+
+A leaf: it imports no detector module statically (built-ins are imported by name on first lookup) and
+applies no preset; ``flawmap.factory.get_detector`` builds detectors."""
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from .errors import ConfigError
 
@@ -40,6 +43,11 @@ def list_detectors() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def exportable_detectors() -> list[str]:
+    """Names of the detectors ``flawmap export`` can write to ONNX (class attribute ``exportable``), sorted."""
+    return [name for name in list_detectors() if _REGISTRY[name].exportable]
+
+
 def detector_class(name: str) -> type[BaseDetector]:
     _load_builtins()
     try:
@@ -47,14 +55,3 @@ def detector_class(name: str) -> type[BaseDetector]:
     except KeyError:
         raise ConfigError(f"unknown detector {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
 
-
-def get_detector(name: str, *, preset: str | None = None, **params: Any) -> BaseDetector:
-    """Create a detector by name; unknown parameters raise and list the allowed ones. ``preset`` (e.g. "fast",
-    see ``flawmap.presets``) sets its hyperparameters first; explicit ``params`` win. A preset's preprocessing
-    is not a detector parameter: ``flawmap.presets.preset_transform(preset, name)`` gives it."""
-    from .params import check_param_names
-    from .presets import preset_params
-
-    cls = detector_class(name)
-    check_param_names(name, params, cls.param_names())
-    return cls(**preset_params(preset, name, params))

@@ -10,10 +10,10 @@ import pytest
 
 from flawmap.bench.config import validate_specs
 from flawmap.bench.defaults import CPU_QUICK
-from flawmap.presets import get_preset, preset_of
 from flawmap.cli import build_parser, load_bench_study, main
 from flawmap.data import make_synthetic_mvtec
 from flawmap.data.synthetic import DEFAULT_CATEGORIES
+from flawmap.presets import get_preset, preset_of
 from flawmap.registry import detector_class
 
 FIVE = ["patchcore", "padim", "spade", "fastflow", "riad"]

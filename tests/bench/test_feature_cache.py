@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from flawmap import get_detector
-from flawmap.components.backbones import FeatureExtractor, create_backbone
 from flawmap.components import features as features_mod
+from flawmap.components.backbones import FeatureExtractor, create_backbone
 from flawmap.components.features import FeatureCache, extract_features
 
 

@@ -350,4 +350,5 @@ def test_normalization_weights_or_imagenet() -> None:
     # the feature cache tells the two apart (same weights, other features)
     from flawmap.components.features import FeatureCache
 
-    assert FeatureCache.key(ours, "blocks.2", "d", (1,), torch.float32) != FeatureCache.key(imnet, "blocks.2", "d", (1,), torch.float32)
+    assert (FeatureCache.key(ours, "blocks.2", "d", (1,), torch.float32)
+            != FeatureCache.key(imnet, "blocks.2", "d", (1,), torch.float32))

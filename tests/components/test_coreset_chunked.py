@@ -43,7 +43,8 @@ def test_chunked_picks_are_each_chunks_greedy_and_cover_within_the_largest_chunk
     per_chunk = [_radius(p, c) for p, c in zip(parts, picks)]  # r_j
     union = _radius(bank, rows)  # r of U_j C_j over all of M
     assert union <= max(per_chunk) + 1e-9
-    assert union >= _radius(bank, cs.chunked_coreset(iter([bank]), len(rows) / len(bank), seed=0)[0]) / 2 - 1e-9  # greedy is a 2-approximation
+    one = cs.chunked_coreset(iter([bank]), len(rows) / len(bank), seed=0)[0]
+    assert union >= _radius(bank, one) / 2 - 1e-9  # greedy is a 2-approximation
 
 
 def test_chunks_are_consumed_one_at_a_time_from_one_reused_buffer() -> None:

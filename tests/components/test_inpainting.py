@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flawmap.components import inpainting as ip
-from flawmap.components import training as tr
+from flawmap.components import inpainting as ip, precision as pr
 
 
 @pytest.mark.parametrize("cell,size", [(2, (16, 16)), (4, (16, 12)), (5, (16, 16))])
@@ -158,7 +157,7 @@ def test_fold_batchnorm_is_the_eval_network():
 def test_unet_layout_is_the_same_function_and_follows_the_device_rule():
     """channels_last or contiguous: the same U-Net output (and gradients); the layout only follows
     channels_last_helps (CUDA / AMX CPUs), and BatchNorm folding keeps it."""
-    from flawmap.components.training import bf16_is_native
+    from flawmap.components.precision import bf16_is_native
 
     g = torch.Generator().manual_seed(3)
     net = ip.UNet(base=4, depth=2).double()  # float64: float32 gradients differed by 6e-4 rel. now and then (2 threads)
@@ -175,5 +174,5 @@ def test_unet_layout_is_the_same_function_and_follows_the_device_rule():
     torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(x.grad, grad0, rtol=1e-4, atol=1e-5)  # float32 sums in another order
     cpu = torch.device("cpu")
-    assert tr.channels_last_helps(cpu) == bf16_is_native(cpu)
-    assert tr.channels_last_helps(torch.device("cuda"))
+    assert pr.channels_last_helps(cpu) == bf16_is_native(cpu)
+    assert pr.channels_last_helps(torch.device("cuda"))

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from flawmap.components import training as tr
+from flawmap.components import checkpoint as ck, precision as pr, stopping, training as tr
+from flawmap.detectors.trained import TrainedDetector
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -66,7 +67,7 @@ def test_seeded_and_does_not_touch_global_rng():
 def test_resume_in_process_is_exact(tmp_path):
     full, _ = _run(5)
     _run(2, tmp_path)  # "interrupted" after epoch 2
-    meta = json.loads((tmp_path / tr.CHECKPOINT_JSON).read_text())
+    meta = json.loads((tmp_path / ck.CHECKPOINT_JSON).read_text())
     assert meta["epoch"] == 2 and len(meta["rng_state"]) > 0 and meta["config_hash"]
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".safetensors"] == [meta["tensors"]]
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
@@ -90,9 +91,9 @@ def test_optimizer_state_roundtrip():
     opt = torch.optim.Adam(m.parameters(), lr=1e-3, weight_decay=1e-5)
     _loss(m, _data(), torch.Generator()).backward()
     opt.step()
-    tensors, meta = tr._flatten_optimizer(opt)
+    tensors, meta = ck._flatten_optimizer(opt)
     meta = json.loads(json.dumps(meta))
-    back = tr._unflatten_optimizer(tensors, meta)
+    back = ck._unflatten_optimizer(tensors, meta)
     opt2 = torch.optim.Adam(_model().parameters(), lr=1.0)
     opt2.load_state_dict(back)
     a, b = opt.state_dict(), opt2.state_dict()
@@ -150,7 +151,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     env = {**os.environ, "FLAWMAP_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(script), str(ckpt), str(tmp_path / "a.safetensors"), "1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    meta_path = ckpt / tr.CHECKPOINT_JSON
+    meta_path = ckpt / ck.CHECKPOINT_JSON
     deadline = time.monotonic() + 60
     while not meta_path.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -171,23 +172,23 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
 # ---- precision, min_delta, host syncs ------------------------------------------------------------
 def test_precision_rule_and_validation():
     cpu = torch.device("cpu")
-    assert tr.resolve_precision("float32", cpu) == "float32"
-    assert tr.resolve_precision("bfloat16", cpu) == "bfloat16"
-    assert tr.resolve_precision("auto", cpu) == ("bfloat16" if tr.bf16_is_native(cpu) else "float32")
+    assert pr.resolve_precision("float32", cpu) == "float32"
+    assert pr.resolve_precision("bfloat16", cpu) == "bfloat16"
+    assert pr.resolve_precision("auto", cpu) == ("bfloat16" if pr.bf16_is_native(cpu) else "float32")
     with pytest.raises(tr.ConfigError, match="allowed: float32, bfloat16, float16"):
         _run(1, precision="auto")  # the loop takes a resolved precision
     with pytest.raises(tr.ConfigError, match="allowed: float32, bfloat16, float16"):
         _run(1, precision="fp8")
 
-    class Det:
+    class Det(TrainedDetector):
         epochs, batch_size, lr, val_fraction, patience, seed, checkpoint_dir, min_delta = 1, 1, 0.1, 0, 0, 0, None, 0
         precision = "half"
 
     with pytest.raises(tr.ConfigError, match="'auto', 'float32', 'bfloat16', 'float16'"):
-        tr.check_train_params(Det())
+        Det()._check_train_params()
     Det.precision, Det.min_delta = "auto", 2.0
     with pytest.raises(tr.ConfigError, match="min_delta"):
-        tr.check_train_params(Det())
+        Det()._check_train_params()
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
@@ -195,7 +196,7 @@ def test_low_precision_trains_and_float16_resumes_its_loss_scale(tmp_path, preci
     m, rep = _run(3, tmp_path / "a", precision=precision)
     assert all(p.dtype == torch.float32 for p in m.parameters()) and len(rep.train_losses) == 3
     assert rep.train_losses[-1] < rep.train_losses[0]
-    meta = json.loads((tmp_path / "a" / tr.CHECKPOINT_JSON).read_text())
+    meta = json.loads((tmp_path / "a" / ck.CHECKPOINT_JSON).read_text())
     assert ("grad_scaler" in meta) == (precision == "float16")
     _run(1, tmp_path / "b", precision=precision)
     resumed, rep_b = _run(3, tmp_path / "b", precision=precision)  # 1 epoch, then resume for 2
@@ -251,12 +252,12 @@ def test_rank_change_is_one_minus_spearman():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(400, generator=g), torch.randn(400, generator=g)
     mix = a + 0.5 * b
-    assert tr.rank_change(mix, a) == pytest.approx(1 - spearmanr(mix.numpy(), a.numpy())[0], abs=1e-12)
-    assert tr.rank_change(a, a) == pytest.approx(0.0, abs=1e-12)
-    assert tr.rank_change(torch.exp(3 * a) + 7, a.view(20, 20)) == pytest.approx(0.0, abs=1e-12)  # scale-free
-    assert tr.rank_change(-a, a) == pytest.approx(2.0)
+    assert stopping.rank_change(mix, a) == pytest.approx(1 - spearmanr(mix.numpy(), a.numpy())[0], abs=1e-12)
+    assert stopping.rank_change(a, a) == pytest.approx(0.0, abs=1e-12)
+    assert stopping.rank_change(torch.exp(3 * a) + 7, a.view(20, 20)) == pytest.approx(0.0, abs=1e-12)  # scale-free
+    assert stopping.rank_change(-a, a) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="same size"):
-        tr.rank_change(a, a[:10])
+        stopping.rank_change(a, a[:10])
 
 
 class _Sharpening(nn.Module):

@@ -15,7 +15,8 @@ from PIL import Image
 from flawmap.data import CategoryData, Transform, list_categories, load_split, scan_category
 from flawmap.errors import ConfigError, DataError
 
-MVTEC_ROOT = Path(os.environ.get("FLAWMAP_MVTEC_ROOT") or Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mvtec")
+MVTEC_ROOT = Path(os.environ.get("FLAWMAP_MVTEC_ROOT")
+                  or Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mvtec")
 
 
 def _img(path: Path, value: int, size: tuple[int, int] = (24, 32)) -> None:

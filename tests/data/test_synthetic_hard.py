@@ -12,9 +12,18 @@ import pytest
 from PIL import Image
 from scipy.ndimage import distance_transform_edt
 
-from flawmap.data import (Transform, ensure_hard_dataset, ensure_synthetic_dataset, list_categories, load_image,
-                          load_split, make_synthetic_mvtec, resolve_data_root, scan_category)
-from flawmap.data import synthetic as syn
+from flawmap.data import (
+    Transform,
+    ensure_hard_dataset,
+    ensure_synthetic_dataset,
+    list_categories,
+    load_image,
+    load_split,
+    make_synthetic_mvtec,
+    resolve_data_root,
+    scan_category,
+    synthetic as syn,
+)
 from flawmap.data.synthetic_hard import HARD_CATEGORIES, HARD_DEFECTS, RENDERERS
 from flawmap.errors import ConfigError
 

@@ -13,8 +13,7 @@ from PIL import Image
 
 from flawmap.cli import main
 from flawmap.deploy.calibration import plan_calibration
-from flawmap.deploy.groups import (groups_from_paths, holdout_groups, leakage_report, near_duplicate_groups,
-                                   parse_group_by)
+from flawmap.deploy.groups import groups_from_paths, holdout_groups, leakage_report, near_duplicate_groups, parse_group_by
 from flawmap.errors import ConfigError, DataError
 from flawmap.metrics import binomial_interval
 

@@ -126,7 +126,7 @@ def test_early_stopping_on_held_out_maps(images):
 
 
 def test_flow_layout_is_the_same_function_and_follows_the_device_rule(images):
-    from flawmap.components.training import channels_last_helps
+    from flawmap.components.precision import channels_last_helps
     from flawmap.detectors.fastflow import FastFlowModel
 
     train, _ = images

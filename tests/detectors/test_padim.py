@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from flawmap import get_detector, load_detector
 from flawmap.components import gaussian as gs
 from flawmap.components.anomaly_map import anomaly_map
-from flawmap.detectors import padim as padim_mod
+from flawmap.detectors import backbone as backbone_mod, padim as padim_mod
 from flawmap.errors import ConfigError
 
 #: fake layers: name -> (stride, channels); 12 channels in all
@@ -42,7 +42,7 @@ def one_thread():
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(padim_mod, "create_backbone", lambda name, layers, **kw: FakeBackbone(layers))
+    monkeypatch.setattr(backbone_mod, "create_backbone", lambda name, layers, **kw: FakeBackbone(layers))
 
 
 def _images(n: int, seed: int, size: int = 32) -> torch.Tensor:
@@ -166,7 +166,7 @@ def test_validation(param: str, value: object, match: str) -> None:
 
 def test_paper_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = {}
-    monkeypatch.setattr(padim_mod, "create_backbone", lambda name, layers, **kw: seen.setdefault(name, layers))
+    monkeypatch.setattr(backbone_mod, "create_backbone", lambda name, layers, **kw: seen.setdefault(name, layers))
     for name, want in [("efficientnet_lite2", ("blocks.1", "blocks.2", "blocks.4")),
                        ("wide_resnet50_2", ("layer1", "layer2", "layer3"))]:
         get_detector("padim", backbone=name)._setup()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from flawmap import get_detector, load_detector
 from flawmap.components import gallery_knn
 from flawmap.components.anomaly_map import anomaly_map
-from flawmap.detectors import spade as spade_mod
+from flawmap.detectors import backbone as backbone_mod
 from flawmap.errors import ConfigError
 
 #: fake layers: name -> (stride, channels)
@@ -44,7 +44,7 @@ def one_thread():
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spade_mod, "create_backbone", lambda name, layers, **kw: FakeBackbone(layers))
+    monkeypatch.setattr(backbone_mod, "create_backbone", lambda name, layers, **kw: FakeBackbone(layers))
 
 
 @pytest.fixture(params=["dense", "bf16-filter"])
@@ -167,7 +167,7 @@ def test_validation(param: str, value: object, match: str) -> None:
 
 def test_default_layers_resolved_from_the_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = {}
-    monkeypatch.setattr(spade_mod, "create_backbone", lambda name, layers, **kw: seen.setdefault(name, layers))
+    monkeypatch.setattr(backbone_mod, "create_backbone", lambda name, layers, **kw: seen.setdefault(name, layers))
     for name, want in [("efficientnet_lite2", ("blocks.1", "blocks.2", "blocks.4", "blocks.6")),
                        ("resnet18", ("layer1", "layer2", "layer3", "layer4"))]:
         get_detector("spade", backbone=name)._setup()

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
-from sklearn.metrics import roc_curve as sk_roc_curve
+from sklearn.metrics import roc_auc_score, roc_curve as sk_roc_curve
 
 from flawmap.errors import DataError
 from flawmap.metrics import image_auroc, pixel_auroc, roc_curve

@@ -42,8 +42,8 @@ def served_model(tmp_path_factory: pytest.TempPathFactory) -> ServedModel:
     from flawmap.data import Transform, load_image, make_synthetic_mvtec, scan_category
     from flawmap.deploy.predictor import open_predictor
     from flawmap.detectors.patchcore import PatchCore
+    from flawmap.factory import get_detector
     from flawmap.metrics.thresholds import calibrate
-    from flawmap.registry import get_detector
 
     root = make_synthetic_mvtec(tmp_path_factory.mktemp("serve-data"), categories=("object",), n_train=18,
                                 n_test_good=4, n_test_defect=6, size=96, seed=1)

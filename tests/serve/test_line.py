@@ -4,7 +4,6 @@ prometheus_client, drift in /v1/model, the two keys."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import threading
 import time

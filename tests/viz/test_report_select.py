@@ -1,12 +1,11 @@
-"""What the report shows, decided from result rows alone (flawmap.viz.report_select / report_series)."""
+"""What the report shows, decided from result rows alone (flawmap.report.select / series)."""
 
 from __future__ import annotations
 
 import pytest
 
 from flawmap.registry import detector_class
-from flawmap.viz import report_select as sel
-from flawmap.viz import report_series as ser
+from flawmap.report import select as sel, series as ser
 
 DEFAULT_RATIO = detector_class("patchcore").default_params()["coreset_ratio"]
 

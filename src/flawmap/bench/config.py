@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib.resources
 import itertools
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,25 +41,16 @@ from ..data import list_categories
 from ..data.transform import ASPECTS
 from ..errors import ConfigError
 from ..params import check_param_names
-from ..presets import get_preset
+from ..presets import get_preset, preset_params
 from ..registry import detector_class, list_detectors
 from .runner import RunSpec
 
 log = logging.getLogger(__name__)
 
-#: keys that define runs (allowed at the top level and in each experiment of a study)
-RUN_KEYS = ("categories", "methods", "preset", "backbones", "resize", "crop", "aspect", "seeds", "max_train", "corruptions",
-            "clean")
-#: keys about where and how to run (top level only)
+#: keys about where and how to run (top level only); the other keys of a BenchConfig define runs
 SETTING_KEYS = ("data", "out", "executor", "workers", "address", "feature_cache", "gallery", "report", "name")
-TOP_KEYS = ("data", "categories", "methods", "preset", "backbones", "resize", "crop", "aspect", "seeds", "max_train", "out",
-            "corruptions", "clean", "executor", "workers", "address", "feature_cache", "gallery", "report", "name")
-STUDY_KEYS = (*TOP_KEYS, "study", "description", "experiments", "method_params")
-EXPERIMENT_KEYS = (*RUN_KEYS, "description")
-METHOD_KEYS = ("params", "grid", "variants")
 #: the keys that are keyword arguments of flawmap.data.preprocessing
 PREPROCESSING_KEYS = ("resize", "crop", "aspect")
-CORRUPTION_KEYS = ("name", "severities", "p", "seed")
 EXECUTORS = ("local", "ray")
 
 
@@ -120,7 +111,7 @@ class BenchConfig:
                 for variant in mc.variants or [{}]:
                     for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
                         for seed in self.seeds or [None]:
-                            params = {**preset.params_for(name), **mc.params, **variant, **dict(zip(keys, values))}
+                            params = preset_params(preset, name, {**mc.params, **variant, **dict(zip(keys, values))})
                             if seed is not None:
                                 params["seed"] = seed
                             pre = {**preset.preprocessing_for(name), **self.preprocessing()}  # the config's win
@@ -168,6 +159,16 @@ class StudyConfig:
                 if ename and ename not in tags.setdefault(k, []):
                     tags[k].append(ename)
         return list(specs.values()), tags
+
+
+# The keys of a config file are the fields of the dataclasses above: written once, there.
+TOP_KEYS = tuple(f.name for f in fields(BenchConfig))
+#: keys that define runs (allowed at the top level and in each experiment of a study)
+RUN_KEYS = tuple(k for k in TOP_KEYS if k not in SETTING_KEYS)
+STUDY_KEYS = (*TOP_KEYS, "study", "description", "experiments", "method_params")
+EXPERIMENT_KEYS = (*RUN_KEYS, "description")
+METHOD_KEYS = tuple(f.name for f in fields(MethodConfig))
+CORRUPTION_KEYS = tuple(f.name for f in fields(CorruptionConfig))
 
 
 def _tuples(params: dict[str, Any]) -> dict[str, Any]:
@@ -392,11 +393,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from None
     return raw or {}
-
-
-def load_config(path: str | Path) -> BenchConfig:
-    path = Path(path)
-    return parse_config(_read_yaml(path), where=str(path))
 
 
 def load_study(path: str | Path) -> StudyConfig:

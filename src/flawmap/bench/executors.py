@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-from dataclasses import dataclass
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch

@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -23,8 +23,9 @@ import torch
 from .. import __version__
 from ..components.features import FeatureCache
 from ..data import Split, Transform, load_split, preprocessing, scan_category
+from ..factory import get_detector
 from ..metrics import evaluate
-from ..registry import detector_class, get_detector
+from ..registry import detector_class
 from ..types import AnomalyResult
 from .memory import PeakRSS
 
@@ -350,10 +351,6 @@ def run_details(test: Split, res: AnomalyResult, options: RunOptions) -> tuple[d
                                        "score": float(scores[i]), "label": int(labels[i]),
                                        "defect_type": test.defect_types[i]})
     return details, artifacts
-
-
-def spec_dict(spec: RunSpec) -> dict[str, Any]:
-    return asdict(spec)
 
 
 __all__ = ["RunSpec", "RunOptions", "RunOutput", "SplitCache", "run_one", "run_group", "execute_group", "group_specs",

@@ -21,10 +21,10 @@ from typing import Any, Callable
 from ..data import scan_category
 from ..errors import ConfigError
 from ..io import atomic_replace_dir, check_writable, exclusive_lock
+from ..viz.text import format_table, format_value
 from .config import StudyConfig, validate_specs
 from .executors import LocalExecutor, RayExecutor, RunFailure
 from .pictures import ARTIFACTS, corruption_pictures
-from ..viz.text import format_table, format_value
 from .runner import FIRST_COLUMNS, RunOptions, RunOutput, RunSpec, group_specs
 from .store import ResultStore, write_csv, write_parquet
 

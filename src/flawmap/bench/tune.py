@@ -25,11 +25,12 @@ import yaml
 
 from ..data import Transform
 from ..errors import ConfigError
+from ..factory import get_detector
 from ..io import atomic_write_text
 from ..metrics import METRIC_KEYS, evaluate
 from ..params import check_param_names
-from ..presets import get_preset, preset_transform
-from ..registry import detector_class, get_detector
+from ..presets import preset_params, preset_transform
+from ..registry import detector_class
 from ..viz.text import format_table, format_value
 from .runner import SplitCache
 from .store import write_csv
@@ -192,7 +193,7 @@ def load_tune_config(config: str | Path | None = None, *, overrides: Mapping[str
     clash = sorted(set(cfg.search) & set(cfg.params))
     if clash:
         raise ConfigError(f"parameter(s) {clash} are both fixed (params/--param) and searched")
-    preset = {k: v for k, v in get_preset(cfg.preset).params_for(cfg.method).items() if k not in cfg.search}
+    preset = {k: v for k, v in preset_params(cfg.preset, cfg.method).items() if k not in cfg.search}
     cfg.params = {**preset, **cfg.params}  # explicit params win over the preset's
     if cfg.metric not in METRIC_KEYS:
         raise ConfigError(f"metric={cfg.metric!r} is not allowed; allowed values: {', '.join(METRIC_KEYS)}")

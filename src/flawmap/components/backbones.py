@@ -28,8 +28,10 @@ import hashlib
 import importlib.util
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import timm
@@ -78,7 +80,7 @@ _LITE_DSCONV = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "c
 
 def list_backbones() -> list[str]:
     """Names accepted by :func:`create_backbone`."""
-    return [*_LITE, *_RESNETS, *_MOBILENET]
+    return [name for family in _FAMILIES for name in family.names]
 
 
 def map_lukemelas_to_timm(state_dict: dict[str, torch.Tensor], stage_depths: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -222,36 +224,25 @@ def _mobilenet_file(name: str) -> Path:
 
 
 def _architecture(name: str) -> nn.Module:
-    if name in _LITE:
-        return timm.create_model(f"tf_{name}", pretrained=False)
-    if name in _MOBILENET:
-        return torchvision.models.mobilenet_v2(weights=None)
-    return _RESNETS[name][0](weights=None)
+    return _family(name).architecture(name)
 
 
 def _build(name: str, weights: str | os.PathLike[str]) -> tuple[nn.Module, str]:
     """Full classifier network with weights loaded -> (model, weights_id)."""
-    if name not in list_backbones():
-        raise ConfigError(f"unknown backbone {name!r}; allowed: {', '.join(list_backbones())}")
-    model = _architecture(name)
+    family = _family(name)
+    model = family.architecture(name)
     if weights == "random":
         log.warning("%s: weights='random' -> features are NOT pretrained (random initialisation)", name)
         return model, f"{name}-random"
     if weights == "imagenet":
-        path = (_lite_file(name) if name in _LITE else _mobilenet_file(name) if name in _MOBILENET
-                else _resolve_torchvision_file(name))
+        path = family.weights_file(name)
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(
                 f"weights file {path} not found; weights must be 'imagenet', 'random' or a .pth/.pt/.safetensors path"
             )
-    sd = _read_state_dict(path)
-    if name in _LITE and any(k.startswith("_blocks.") for k in sd):
-        sd = map_lukemelas_to_timm(sd, [len(stage) for stage in model.blocks])
-    if name in _MOBILENET:  # the feature layers only (the checkpoint has no classifier; it is never used)
-        sd = {k: v for k, v in map_tonylins_to_torchvision(sd).items() if not k.startswith("classifier.")}
-        model.classifier = nn.Identity()
+    sd = family.fit_checkpoint(_read_state_dict(path), model)
     try:
         model.load_state_dict(sd, strict=True)  # every key present, none extra, every shape equal
     except RuntimeError as exc:
@@ -269,26 +260,92 @@ def load_efficientnet_lite_classifier(name: str) -> nn.Module:
 
 def _layer_table(name: str, model: nn.Module) -> list[tuple[str, int, int]]:
     """(layer, channels, stride) read from the model: timm feature_info, or a dummy forward (resnets)."""
-    if name in _LITE:
-        return [(f["module"], int(f["num_chs"]), int(f["reduction"])) for f in model.feature_info]
-    size, table = 64, []
-    if name in _MOBILENET:
-        with torch.no_grad():
-            h = torch.zeros(1, 3, size, size, device=model.features[0][0].weight.device)
-            for i, block in enumerate(model.features):
-                h = block.eval()(h)
-                table.append((f"features.{i}", int(h.shape[1]), size // int(h.shape[-1])))
-        return table
-    with torch.no_grad():
-        h = _resnet_stem(model).eval()(torch.zeros(1, 3, size, size, device=model.conv1.weight.device))
-        for stage in _RESNET_STAGES:
-            h = getattr(model, stage).eval()(h)
-            table.append((stage, int(h.shape[1]), size // int(h.shape[-1])))
-    return table
+    return _family(name).layer_table(model)
 
 
 def _resnet_stem(model: nn.Module) -> nn.Sequential:
     return nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+
+
+# ---- the backbone families: each rule of a family written once ------------------------------------
+Cut = tuple[nn.Module, list[str], list[nn.Module]]  # (stem, stage names, stages) up to the deepest layer
+
+
+@dataclass(frozen=True)
+class _Family:
+    """One backbone family: the networks it names, how one is built, where its ImageNet checkpoint comes from
+    and how its keys map, the input statistics it was trained with, its selectable layers (name, channels,
+    stride) and how the network is cut after the deepest requested one."""
+
+    names: Mapping[str, Any]  # backbone -> the family's data on it (wheel, torchvision builder)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    architecture: Callable[[str], nn.Module]
+    weights_file: Callable[[str], Path]
+    fit_checkpoint: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+    layer_table: Callable[[nn.Module], list[tuple[str, int, int]]]
+    cut: Callable[[nn.Module, list[str], int], Cut]  # (model, available layers, index of the deepest one)
+
+
+def _probe_table(stem: nn.Module, blocks: Sequence[tuple[str, nn.Module]], device: torch.device) -> list[tuple[str, int, int]]:
+    """(name, channels, stride) of each block from a dummy 64 px forward."""
+    size, table = 64, []
+    with torch.no_grad():
+        h = stem.eval()(torch.zeros(1, 3, size, size, device=device))
+        for name, block in blocks:
+            h = block.eval()(h)
+            table.append((name, int(h.shape[1]), size // int(h.shape[-1])))
+    return table
+
+
+def _lite_checkpoint(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    if any(k.startswith("_blocks.") for k in sd):
+        return map_lukemelas_to_timm(sd, [len(stage) for stage in model.blocks])
+    return sd
+
+
+def _lite_cut(model: nn.Module, available: list[str], deepest: int) -> Cut:
+    stage_names = [f"blocks.{i}" for i in range(int(available[deepest].split(".")[1]) + 1)]
+    return nn.Sequential(model.conv_stem, model.bn1), stage_names, [model.blocks[i] for i in range(len(stage_names))]
+
+
+def _mobilenet_checkpoint(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The feature layers only (the checkpoint has no classifier; it is never used)."""
+    model.classifier = nn.Identity()
+    return {k: v for k, v in map_tonylins_to_torchvision(sd).items() if not k.startswith("classifier.")}
+
+
+_FAMILIES = (
+    _Family(_LITE, LITE_MEAN, LITE_STD,
+            architecture=lambda name: timm.create_model(f"tf_{name}", pretrained=False),
+            weights_file=lambda name: _lite_file(name),
+            fit_checkpoint=_lite_checkpoint,
+            layer_table=lambda m: [(f["module"], int(f["num_chs"]), int(f["reduction"])) for f in m.feature_info],
+            cut=_lite_cut),
+    _Family(_RESNETS, IMAGENET_MEAN, IMAGENET_STD,
+            architecture=lambda name: _RESNETS[name][0](weights=None),
+            weights_file=lambda name: _resolve_torchvision_file(name),
+            fit_checkpoint=lambda sd, model: sd,
+            layer_table=lambda m: _probe_table(_resnet_stem(m), [(s, getattr(m, s)) for s in _RESNET_STAGES],
+                                               m.conv1.weight.device),
+            cut=lambda m, available, deepest: (_resnet_stem(m), list(available[: deepest + 1]),
+                                               [getattr(m, n) for n in available[: deepest + 1]])),
+    _Family(_MOBILENET, IMAGENET_MEAN, IMAGENET_STD,  # MobileNetV2: trained on ImageNet mean/std
+            architecture=lambda name: torchvision.models.mobilenet_v2(weights=None),
+            weights_file=lambda name: _mobilenet_file(name),
+            fit_checkpoint=_mobilenet_checkpoint,
+            layer_table=lambda m: _probe_table(nn.Identity(), [(f"features.{i}", b) for i, b in enumerate(m.features)],
+                                               m.features[0][0].weight.device),
+            cut=lambda m, available, deepest: (nn.Identity(), list(available[: deepest + 1]),
+                                               [m.features[i] for i in range(deepest + 1)])),
+)
+
+
+def _family(name: str) -> _Family:
+    for family in _FAMILIES:
+        if name in family.names:
+            return family
+    raise ConfigError(f"unknown backbone {name!r}; allowed: {', '.join(list_backbones())}")
 
 
 def _pick_strides(table: list[tuple[str, int, int]], strides: Sequence[int]) -> list[str]:
@@ -303,8 +360,7 @@ def _pick_strides(table: list[tuple[str, int, int]], strides: Sequence[int]) -> 
 
 def layers_at_strides(name: str, strides: Sequence[int] = (8, 16)) -> list[str]:
     """Layer names of backbone ``name`` whose reduction equals each stride (default: PatchCore's 8 + 16)."""
-    if name not in list_backbones():
-        raise ConfigError(f"unknown backbone {name!r}; allowed: {', '.join(list_backbones())}")
+    _family(name)  # an unknown name raises
     with torch.device("meta"):  # architecture only: no init cost, shapes still propagate
         arch = _architecture(name)
     return _pick_strides(_layer_table(name, arch), strides)
@@ -330,18 +386,7 @@ class FeatureExtractor(nn.Module):
             raise ConfigError(f"layers {list(layers)!r} of {name}: need distinct names from {available}")
         self.layers = tuple(layers)
         deepest = max(available.index(layer) for layer in layers)
-        if name in _LITE:
-            self.stem = nn.Sequential(model.conv_stem, model.bn1)
-            stage_names = [f"blocks.{i}" for i in range(int(available[deepest].split(".")[1]) + 1)]
-            stages = [model.blocks[i] for i in range(len(stage_names))]
-        elif name in _MOBILENET:
-            self.stem = nn.Identity()
-            stage_names = list(available[: deepest + 1])
-            stages = [model.features[i] for i in range(deepest + 1)]
-        else:
-            self.stem = _resnet_stem(model)
-            stage_names = list(available[: deepest + 1])
-            stages = [getattr(model, n) for n in stage_names]
+        self.stem, stage_names, stages = _family(name).cut(model, available, deepest)
         self.stage_names = stage_names
         self.stages = nn.ModuleList(stages)
         self.register_buffer("_norm_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
@@ -397,9 +442,10 @@ def input_normalization(name: str, normalization: str = "weights") -> tuple[tupl
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"normalization={normalization!r} is not allowed; allowed values: "
                           f"{', '.join(map(repr, NORMALIZATIONS))} (the checkpoint's own statistics, or ImageNet's)")
-    if normalization == "imagenet" or name in _RESNETS or name in _MOBILENET:  # MobileNetV2: trained on ImageNet mean/std
+    if normalization == "imagenet":
         return IMAGENET_MEAN, IMAGENET_STD
-    return LITE_MEAN, LITE_STD
+    family = next((f for f in _FAMILIES if name in f.names), None)
+    return (family.mean, family.std) if family is not None else (LITE_MEAN, LITE_STD)
 
 
 def create_backbone(name: str, layers: Sequence[str] | None = None, *, weights: str | os.PathLike[str] = "imagenet",

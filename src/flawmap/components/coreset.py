@@ -155,7 +155,8 @@ class _BlockGreedy:
         self.block_group = gid[starts]
         self.r_lo, self.r_hi = radius[starts], np.maximum.reduceat(radius, starts)
         # slack of the annulus tests: rounding of the radii and of ||c - mu_g||
-        self.tol = 1e-4 * self.r_hi + 64 * _U * float(np.sqrt(self.group_centre_sq.max()) + self.r_hi.max() + np.abs(self.mean).sum())
+        self.tol = 1e-4 * self.r_hi + 64 * _U * float(np.sqrt(self.group_centre_sq.max()) + self.r_hi.max()
+                                                      + np.abs(self.mean).sum())
         self.dist = np.full(n, np.inf, np.float32)  # min_c sq_dist(x, c), in slot order
         self.block_max = np.full(len(starts), np.inf, np.float32)
         self.sel = np.empty(k, np.int64)

@@ -14,7 +14,7 @@ a key made of
 and only runs the backbone when a layer is missing. Entries are safetensors files written under a
 temporary name and renamed (atomic), so concurrent runs (process pool, Ray workers on a shared
 folder) never read a half-written entry. Without ``cache`` (the default) no file is read or
-written. Detectors get their cache from ``BaseDetector.use_feature_cache(cache)``; ``flawmap bench``
+written. Detectors get their cache from ``BackboneDetector.use_feature_cache(cache)``; ``flawmap bench``
 turns it on by default (``--feature-cache DIR``, default ``<out>/feature_cache``; ``--no-feature-cache``).
 """
 
@@ -164,7 +164,7 @@ LAYER_MODES = ("bilinear", "nearest")
 
 
 def concat_layers(maps: Sequence[torch.Tensor], mode: str = "bilinear",
-                  size: tuple[int, int] | None = None) -> torch.Tensor:
+                  size: tuple[int, ...] | None = None) -> torch.Tensor:
     """Layer maps [(B, C_l, h_l, w_l)] -> (B, sum_l C_l, h, w): each map resized to (h, w) and the
     results concatenated along channels, in the given order.
 

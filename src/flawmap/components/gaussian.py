@@ -10,6 +10,7 @@ factor L^-1 (P, D, D) of Sigma = L L^T, so that (x - mu)^T Sigma^-1 (x - mu) = |
 from __future__ import annotations
 
 import math
+
 import torch
 
 from ..device import available_memory_bytes, one_cpu_thread

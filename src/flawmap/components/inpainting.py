@@ -11,9 +11,10 @@
 
 Speed (benchmarks/bench_trained.py, 1 thread): nearly all the time is the U-Net's own convolutions
 (|K| n forward passes per test image), so the levers are the memory layout and the arithmetic precision,
-not the loss. The layout is ``training.channels_last_helps``: channels_last is faster on CPUs with AMX but
+not the loss. The layout is ``precision.channels_last_helps``: channels_last is faster on CPUs with AMX but
 slower on CPUs without it, so it is used on CUDA and AMX CPUs only (docs/results.md, "RIAD"). bfloat16
-autocast where native (AMX / tensor cores); at test time BatchNorm is folded into the convolutions. SSIM and MSGMS blur / differentiate all their
+autocast where native (AMX / tensor cores); at test time BatchNorm is folded into the convolutions. SSIM and
+MSGMS blur / differentiate all their
 operands in one call (the blur is a banded matrix product, flawmap.filters). Under autocast only the
 U-Net runs in the lower precision: the assembly of I_r and the loss terms are float32.
 """
@@ -29,7 +30,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..filters import gaussian_blur
-from .training import Layout
+from .precision import Layout
 
 GMS_C = 0.0026
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2

@@ -28,7 +28,7 @@ def _quarter_turns(angle: float) -> int | None:
     return int(round(q)) % 4 if abs(q - round(q)) < 1e-9 else None
 
 
-def rotated_size(size: tuple[int, int], angle: float) -> tuple[int, int]:
+def rotated_size(size: tuple[int, ...], angle: float) -> tuple[int, int]:
     """Canvas (H', W') of an image of ``size`` (H, W) rotated by ``angle``."""
     return (size[1], size[0]) if _quarter_turns(angle) in (1, 3) else (size[0], size[1])
 
@@ -50,7 +50,7 @@ def rotate_images(x: torch.Tensor, angle: float) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def cell_map(src_grid: tuple[int, int], src_size: tuple[int, int], dst_grid: tuple[int, int], angle: float) -> torch.Tensor:
+def cell_map(src_grid: tuple[int, int], src_size: tuple[int, ...], dst_grid: tuple[int, int], angle: float) -> torch.Tensor:
     """Which cell of the rotated image's patch grid each source cell lands in: (h*w,) long, row-major
     indices into ``dst_grid`` (h', w'), -1 where the source cell centre leaves the rotated canvas.
 

@@ -38,7 +38,8 @@ SEVERITY_TABLE: dict[str, tuple] = {
     "salt_pepper": (0.005, 0.01, 0.03, 0.06, 0.10),  # fraction of pixels set to 0 or 1
     "gaussian_blur": (0.5, 1.0, 1.5, 2.5, 4.0),  # blur sigma in pixels at 256 px (scaled with the image size)
     "jpeg": (75, 50, 30, 15, 8),  # JPEG quality
-    "brightness_contrast": ((0.05, 0.1), (0.1, 0.2), (0.15, 0.3), (0.2, 0.4), (0.3, 0.5)),  # (|brightness shift|, |contrast change|)
+    # (|brightness shift|, |contrast change|)
+    "brightness_contrast": ((0.05, 0.1), (0.1, 0.2), (0.15, 0.3), (0.2, 0.4), (0.3, 0.5)),
     "misalignment": ((1.0, 0.01), (2.0, 0.02), (4.0, 0.04), (6.0, 0.06), (8.0, 0.08)),  # (|rotation| deg, |shift| / size)
 }
 GEOMETRIC = frozenset({"misalignment"})

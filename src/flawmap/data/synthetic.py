@@ -21,8 +21,8 @@ import json
 import logging
 import os
 import zlib
-from os import PathLike
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Sequence
 

@@ -29,8 +29,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..metrics.evaluate import decision_rates
 from ..metrics.thresholds import MIN_CALIBRATION_IMAGES, Calibration, calibrate, check_target_fpr
-from .groups import groups_from_paths, holdout_groups, image_descriptors, leakage_report, near_duplicate_groups, \
-    parse_group_by
+from .groups import groups_from_paths, holdout_groups, image_descriptors, leakage_report, near_duplicate_groups, parse_group_by
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +206,8 @@ def recalibrate_model(path: str | Path, calibration: Calibration) -> dict[str, A
     Returns the new ``extra``."""
     import json
 
-    from ..base import CONFIG_NAME, read_model_config
     from ..io import atomic_write
+    from ..model_file import CONFIG_NAME, read_model_config
 
     path = Path(path)
     cfg = read_model_config(path)

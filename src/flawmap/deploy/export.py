@@ -9,7 +9,8 @@ normalising flows (FastFlow), upsampling and Gaussian smoothing:
 N is dynamic; (H, W) is the model's preprocessing output size. The preprocessing (``Transform``) and
 the calibration travel inside the file as JSON in the ONNX ``metadata_props`` entry ``flawmap`` (one
 file: the graph and its metadata can never disagree or come apart). The graph is traced from the
-detector's own code (``torch.onnx.export``, TorchScript tracing, opset 17): PaDiM and FastFlow trace
+detector's own code (``torch.onnx.export``, TorchScript tracing, opset 17), the function its
+``traced_forward`` gives (the exportable methods: the registry's detectors with ``exportable``): PaDiM and FastFlow trace
 their ``_predict`` as is; PatchCore its ``_score`` with the dense, loop-free ``knn.nearest_dense``
 search (the pruned index of ``_predict`` is NumPy code). Before the file is written, the exported
 graph is run with onnxruntime on probe images and compared with PyTorch.
@@ -28,7 +29,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -37,12 +38,16 @@ from torch import nn
 from .. import __version__
 from ..errors import ConfigError, ModelFileError, OutputError
 from ..io import atomic_write_bytes, check_writable
+from ..registry import exportable_detectors
 from .predictor import TorchPredictor
 from .runtime import FORMAT, FORMAT_VERSION, METADATA_KEY, read_metadata
 
+if TYPE_CHECKING:
+    from ..base import BaseDetector
+
 log = logging.getLogger(__name__)
 
-EXPORTABLE = ("fastflow", "padim", "patchcore")
+EXPORTABLE = tuple(exportable_detectors())  # from the registry: the detectors with exportable = True
 FORMATS = ("onnx",)
 OPSET = 17
 #: protobuf refuses messages over 2 GiB; the tensors of the graph must fit with room for the graph itself
@@ -68,21 +73,9 @@ class _Graph(nn.Module):
         return scores.float(), maps.float()
 
 
-def graph_forward(det: Any) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """The traceable predict function of a fitted detector (see the module docstring)."""
-    if det.name == "patchcore":
-        from ..components.knn import nearest_dense
-
-        if det._separate:
-            raise ConfigError("a PatchCore ensemble='scores' (one bank per backbone) cannot be exported to ONNX; "
-                              "refit with ensemble='concat' (one bank) to export it")
-        bank = det.memory_bank_.detach().cpu()
-        bank_sq = bank.pow(2).sum(1)
-        nearest = lambda q, k: nearest_dense(q, bank, k, bank_sq)  # noqa: E731
-        return lambda x: det._score(x, nearest, det._backbone)
-    if det.name in ("padim", "fastflow"):
-        return det._predict
-    raise ConfigError(f"method {det.name!r} cannot be exported to ONNX; exportable methods: {', '.join(EXPORTABLE)}")
+def graph_forward(det: BaseDetector) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The traceable predict function of a fitted detector: its own ``traced_forward``."""
+    return det.traced_forward()
 
 
 def tensor_bytes(det: Any) -> int:
@@ -129,7 +122,8 @@ def _trace(det: Any, probe: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings: shapes other than the batch are constants, as intended
-        torch.onnx.export(_Graph(det, graph_forward(det)), (probe,), buf, dynamo=False, opset_version=OPSET,
+        torch.onnx.export(_Graph(det, graph_forward(det)), (probe,), buf,  # type: ignore[arg-type]  # a BytesIO
+                          dynamo=False, opset_version=OPSET,
                           input_names=["images"], output_names=["scores", "maps"], do_constant_folding=True,
                           dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}, "maps": {0: "batch"}})
     return buf.getvalue()
@@ -172,7 +166,7 @@ def export_model(model: str | Path, out: str | Path, fmt: str = "onnx", *, overw
         raise ConfigError(f"export format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
     model = Path(model)
     out = check_export_target(out, overwrite)
-    from ..base import read_model_config
+    from ..model_file import read_model_config
 
     method = read_model_config(model)["detector"]
     if method not in EXPORTABLE:

@@ -19,7 +19,8 @@ average-pooled to a ``DESCRIPTOR_GRID`` x ``DESCRIPTOR_GRID`` grid and L2-normal
 L2-normalised (D = (112 + 320) x 16); distances are cosine distances 1 - <a, b>. The grid keeps the layout:
 globally pooled features describe a texture's statistics, which every tile of a surface shares, so shots of
 one tile under other lights are farther apart than two tiles are (measured on the surface set of
-``data.synthetic_surface``: 4 x 4 pooling links 76% of same-tile pairs at 91% purity, global pooling 53% at 15%). The leakage check (``leakage_report``) compares the median distance from
+``data.synthetic_surface``: 4 x 4 pooling links 76% of same-tile pairs at 91% purity, global pooling 53% at 15%).
+The leakage check (``leakage_report``) compares the median distance from
 calibration images to their nearest training image with the training images' own nearest-neighbour median
 (``ratio``), and the same ratio for a split along the groups found in the images (``ratio_groups``): a leak
 shows as ``ratio`` well below ``ratio_groups``. In an i.i.d. folder both are near 1.

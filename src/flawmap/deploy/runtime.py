@@ -3,7 +3,7 @@
     pred = OnnxPredictor("bottle.onnx")            # or deploy.predictor.open_predictor("bottle.onnx")
     x = pred.preprocess([img_uint8_hwc, ...])      # (N, 3, H, W) float32, the model's stored Transform
     scores, maps = pred.raw(x)                     # (N,), (N, H, W) float32: the graph's outputs
-    verdicts = pred.decide(scores)                 # the stored calibration (deploy.predictor.decide)
+    verdicts = pred.decide(scores)                 # the stored calibration (deploy.backend.decide)
 
 The file carries its metadata (method, parameters, preprocessing, calibration, input size, flawmap
 version) as JSON in the ONNX ``metadata_props`` entry ``flawmap``; a file without it, with garbled or
@@ -21,7 +21,7 @@ import numpy as np
 
 from ..data.transform import Transform
 from ..errors import ConfigError, DataError, FlawmapError, ModelFileError
-from .predictor import Verdict, calibration_of, decide, model_id, model_version, preprocess
+from .backend import Verdict, calibration_of, decide, model_card, model_id, model_version, preprocess
 
 FORMAT = "flawmap-onnx"
 FORMAT_VERSION = 1
@@ -105,11 +105,9 @@ class OnnxPredictor:
         self.input_size = (int(meta["input_size"][0]), int(meta["input_size"][1]))
         self._check_graph(meta)
         self.model_id, self.model_version = model_id(self.path), model_version(meta)
-        self.card = {"model_id": self.model_id, "model_version": self.model_version, "method": self.method, "params": meta["params"], "backbone": meta["params"].get("backbone"),
-                     "preprocessing": self.transform.describe(), "input_size": list(self.input_size),
-                     "calibration": None if self.calibration is None else self.calibration.to_dict(),
-                     "flawmap_version": meta.get("flawmap_version"), "format": "onnx",
-                     "providers": self.session.get_providers()}
+        self.card = model_card(self.method, meta["params"], self.transform, self.calibration,
+                               meta.get("flawmap_version"), "onnx", model_id=self.model_id,
+                               model_version=self.model_version, providers=self.session.get_providers())
 
     def _check_graph(self, meta: dict[str, Any]) -> None:
         """The metadata, the transform and the graph's input/outputs must agree (one line naming what differs)."""

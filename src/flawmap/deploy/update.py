@@ -127,8 +127,8 @@ def update_model(model: str | Path, plan: UpdatePlan, out: str | Path, *, target
                  device: str | None = None, skip_bad: bool = False) -> UpdateResult:
     """Add ``plan.add`` to the model at ``model``, recalibrate on ``plan.calibration``, save to ``out`` (a new or
     empty folder; never ``model`` itself)."""
-    from ..base import check_save_target, load_detector, read_model_config
     from ..data import Transform, load_files
+    from ..model_file import check_save_target, load_detector, read_model_config
     from .predictor import calibration_of, model_id, model_version
 
     t0 = time.perf_counter()
@@ -148,7 +148,7 @@ def update_model(model: str | Path, plan: UpdatePlan, out: str | Path, *, target
                           "with `flawmap fit`")
     fpr = check_target_fpr(old_cal.target_fpr if target_fpr is None else target_fpr)
     tf = Transform.from_dict(extra["transform"])
-    det = load_detector(model, device=device)
+    det: Any = load_detector(model, device=device)  # PatchCore, PaDiM or SPADE (UPDATABLE): they have add_good
     if method == "padim" and not hasattr(det, "n_images_") and isinstance(extra.get("n_train"), int):
         det.n_images_ = int(extra["n_train"])  # fitted before the count was stored: `flawmap fit` recorded it
     new = load_files(plan.add, tf, desc="add", skip_bad=skip_bad, keep_uint8=True)

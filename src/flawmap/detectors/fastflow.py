@@ -28,20 +28,22 @@ of the documentation (docs/results.md, "FastFlow").
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import BaseDetector, check_choice, check_layers, check_range
 from ..components.anomaly_map import upsample
-from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
+from ..components.backbones import layers_at_strides
 from ..components.flows import Flow2d, gaussian_nll
-from ..components.training import (Layout, TrainSettings, channels_last_helps, check_train_params, fingerprint,
-                                   resolve_precision, seeded_init, train)
+from ..components.precision import Layout, channels_last_helps
+from ..components.training import seeded_init
 from ..errors import ConfigError
+from ..params import check_choice, check_range
 from ..registry import register_detector
+from .backbone import BackboneDetector
+from .trained import TrainedDetector
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ STRIDES = (4, 8, 16)
 class FastFlowModel(Layout, nn.Module):
     """Learned part: per scale l a LayerNorm affine (C_l, h_l, w_l) and a flow f_l."""
 
-    def __init__(self, shapes: list[tuple[int, int, int]], steps: int, hidden_ratio: float, clamp: float,
+    def __init__(self, shapes: list[tuple[int, ...]], steps: int, hidden_ratio: float, clamp: float,
                  seed: int) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(int(seed))  # channel permutations of the steps
@@ -73,11 +75,15 @@ class FastFlowModel(Layout, nn.Module):
 
 def _normalise(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """LayerNorm over (C, h, w) per sample, without affine (the affine is learned in FastFlowModel)."""
-    return {k: F.layer_norm(v, [int(s) for s in v.shape[1:]]) for k, v in feats.items()}  # ints: a traced (ONNX) graph needs a static shape
+    # ints: a traced (ONNX) graph needs a static shape
+    return {k: F.layer_norm(v, [int(s) for s in v.shape[1:]]) for k, v in feats.items()}
 
 
 @register_detector("fastflow")
-class FastFlow(BaseDetector):
+class FastFlow(BackboneDetector, TrainedDetector):
+    exportable = True
+    flow_: FastFlowModel  # learned: the flows on the backbone features
+
     def __init__(self, *, backbone: str = "efficientnet_lite2", layers: tuple[str, ...] | None = None,
                  weights: str = "imagenet", normalization: str = "weights", flow_steps: int = 8,
                  hidden_ratio: float | None = None, clamp: float = 2.0,
@@ -115,9 +121,7 @@ class FastFlow(BaseDetector):
 
     # ---- hooks -------------------------------------------------------------------------------
     def _validate_params(self) -> None:
-        check_choice("backbone", self.backbone, list_backbones())
-        check_choice("normalization", self.normalization, NORMALIZATIONS)
-        check_layers(self.layers, "the stride 4, 8, 16 layers")
+        self._check_backbone_params()
         if not isinstance(self.weights, str):
             raise ConfigError(f"weights must be 'imagenet', 'random' or a checkpoint path; got {self.weights!r}")
         check_range("flow_steps", self.flow_steps, 1, 64, integer=True)
@@ -127,12 +131,11 @@ class FastFlow(BaseDetector):
         check_choice("anomaly_map", self.anomaly_map, ("prob", "nll"))
         check_range("weight_decay", self.weight_decay, 0, 1)
         check_choice("cache_features", self.cache_features, (True, False))
-        check_train_params(self)  # also stop_on, map_tolerance, min_delta
+        self._check_train_params()
 
     def _setup(self) -> None:
         layers = list(self.layers) if self.layers is not None else layers_at_strides(self.backbone, STRIDES)
-        self._backbone = create_backbone(self.backbone, layers, weights=self.weights,
-                                         normalization=self.normalization, device=self.device)
+        self._backbone = self._create_backbone(layers)
 
     def _ratio(self) -> float:
         return HIDDEN_RATIO[self.backbone] if self.hidden_ratio is None else float(self.hidden_ratio)
@@ -159,12 +162,12 @@ class FastFlow(BaseDetector):
             data: Any = {k: self.flow_.layout(v.to(self.device_)) for k, v in _normalise(self._backbone_features(
                 images, batch_size=self.batch_size)).items()}  # row selections keep the layout
 
-            def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], g: torch.Generator) -> torch.Tensor:
+            def loss_fn(model: nn.Module, batch: Any, g: torch.Generator) -> torch.Tensor:
                 return model(list(batch.values()))[1].mean()  # paper loss, mean over the batch
         else:
             data = images
 
-            def loss_fn(model: nn.Module, batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            def loss_fn(model: nn.Module, batch: Any, g: torch.Generator) -> torch.Tensor:
                 with torch.no_grad():  # shuffled batches never repeat: not worth caching
                     feats = self._features(batch, cached=False)
                 return model(feats)[1].mean()
@@ -173,22 +176,12 @@ class FastFlow(BaseDetector):
             zs, nll = model(list(batch.values()) if self.cache_features else self._features(batch, cached=False))
             return self._map(zs, tuple(zs[0].shape[-2:])), nll.mean()  # maps at the finest grid (B, h_0, w_0), loss_fn
 
-        skip = ("epochs", "checkpoint_dir", "cache_features", "anomaly_map", "min_delta", "precision", "stop_on",
-                "map_tolerance")  # hashed by train
-        params = {k: v for k, v in self.get_params().items() if k not in skip}
-        precision = resolve_precision(self.precision, self.device_)
-        settings = TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                                 weight_decay=self.weight_decay, seed=self.seed, val_fraction=self.val_fraction,
-                                 patience=self.patience, min_delta=self.min_delta, precision=precision,
-                                 stop_on=self.stop_on, map_tolerance=self.map_tolerance,
-                                 checkpoint_dir=self.checkpoint_dir, desc="fastflow: train")
-        log.info("fastflow: training in %s (precision=%r)", precision, self.precision)
-        report = train(self.flow_, data, loss_fn, settings, device=self.device_, val_maps=val_maps,
-                       config={"detector": self.name, **params, "data": fingerprint(images)})
-        self.flow_.eval()
-        self.train_losses_ = report.train_losses
-        self.val_losses_ = report.val_losses
-        self.train_report = report  # not saved: timing of this fit (seconds per epoch, resume point)
+        self._train(self.flow_, data, loss_fn, images=images, val_maps=val_maps,
+                    skip=("epochs", "checkpoint_dir", "cache_features", "anomaly_map", "min_delta", "precision",
+                          "stop_on", "map_tolerance"))  # hashed by train
+
+    def traced_forward(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        return self._predict  # traces as is
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         size = tuple(images.shape[-2:])
@@ -198,7 +191,7 @@ class FastFlow(BaseDetector):
         maps = upsample(self._map(zs, tuple(self.input_size_)), size)
         return maps.flatten(1).amax(1), maps
 
-    def _map(self, zs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def _map(self, zs: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
         """[z_l (B, C_l, h_l, w_l)] -> the anomaly map (B, *size): per scale upsampled, averaged over scales."""
         per_scale = []
         for z in zs:

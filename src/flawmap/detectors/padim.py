@@ -14,19 +14,26 @@ repeating each coarse cell over the fine cells it covers, which is nearest upsam
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from ..base import BaseDetector, as_images, batched, check_choice, check_layers, check_range, seeded_generator
+from ..base import as_images, batched, seeded_generator
 from ..components.anomaly_map import anomaly_map
-from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
+from ..components.backbones import layers_at_strides
 from ..components.features import concat_layers, finest_grid
-from ..components.gaussian import (StreamingGaussian, check_memory, covariance_from_inverse_cholesky, inverse_cholesky_,
-                                   mahalanobis)
+from ..components.gaussian import (
+    StreamingGaussian,
+    check_memory,
+    covariance_from_inverse_cholesky,
+    inverse_cholesky_,
+    mahalanobis,
+)
 from ..errors import ConfigError
+from ..params import check_range
 from ..progress import progress
 from ..registry import register_detector
+from .backbone import BackboneDetector
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +47,11 @@ PAPER_STRIDES = (4, 8, 16)
 
 
 @register_detector("padim")
-class PaDiM(BaseDetector):
+class PaDiM(BackboneDetector):
     """Paper defaults: layers 1..3 (strides 4, 8, 16), random d channels (R18 100, WRN50 550; EfficientNet-Lite:
     all), eps 0.01, sigma 4."""
+
+    exportable = True
 
     def __init__(
         self,
@@ -74,9 +83,7 @@ class PaDiM(BaseDetector):
         return {"backbone": "efficientnet_lite0"}
 
     def _validate_params(self) -> None:
-        check_choice("backbone", self.backbone, list_backbones())
-        check_choice("normalization", self.normalization, NORMALIZATIONS)
-        check_layers(self.layers, "the stride 4, 8, 16 layers")
+        self._check_backbone_params()
         if self.n_features is not None:
             check_range("n_features", self.n_features, 1, integer=True)
         check_range("eps", self.eps, 0.0, low_open=True)
@@ -86,8 +93,7 @@ class PaDiM(BaseDetector):
 
     def _setup(self) -> None:
         layers = self.layers if self.layers is not None else layers_at_strides(self.backbone, PAPER_STRIDES)
-        self._backbone = create_backbone(self.backbone, tuple(layers), weights=self.weights,
-                                         normalization=self.normalization, device=self.device)
+        self._backbone = self._create_backbone(tuple(layers))
 
     # ---- embedding ------------------------------------------------------------------------------
     def _choose_channels(self, total: int) -> torch.Tensor:
@@ -161,6 +167,9 @@ class PaDiM(BaseDetector):
         self.inv_chol_ = inverse_cholesky_(cov)
         self.n_images_ = int(acc.n)
         return self
+
+    def traced_forward(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        return self._predict  # traces as is
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self._embed(self._backbone_features(images, device=self.device_))  # (B, d, h, w)

@@ -39,18 +39,20 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from ..base import BaseDetector, as_images, check_choice, check_layers, check_range, float_batch
+from ..base import as_images, float_batch
 from ..components.anomaly_map import anomaly_map
-from ..components.backbones import NORMALIZATIONS, create_backbone, list_backbones
+from ..components.backbones import NORMALIZATIONS, FeatureExtractor, list_backbones
 from ..components.coreset import MODES, chunked_coreset
-from ..components.ensemble import block_scales, check_backbones, create_ensemble, member_features
+from ..components.ensemble import BackboneEnsemble, block_scales, check_backbones, create_ensemble, member_features
 from ..components.features import concat_layers
-from ..components.knn import NearestNeighborIndex, knn
+from ..components.knn import NearestNeighborIndex, knn, nearest_dense
 from ..components.rotation import cell_map, rotate_images, rotated_size, rotation_angles
 from ..device import check_memory_budget
 from ..errors import ConfigError, ModelFileError
+from ..params import check_choice, check_layers, check_range
 from ..progress import progress
 from ..registry import register_detector
+from .backbone import BackboneDetector
 
 log = logging.getLogger(__name__)
 Nearest = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
@@ -60,10 +62,12 @@ ENSEMBLES = ("concat", "scores")
 
 
 @register_detector("patchcore")
-class PatchCore(BaseDetector):
+class PatchCore(BackboneDetector):
     """Paper defaults: layer2+layer3 (stride 8+16 stages), p=3, coreset 10%, d*=128, b=9, sigma=4."""
 
     streams_uint8 = True
+    exportable = True
+    _backbone: FeatureExtractor | BackboneEnsemble
 
     def __init__(
         self,
@@ -147,8 +151,7 @@ class PatchCore(BaseDetector):
             self._backbone = create_ensemble(self.backbone, weights=self.weights, normalization=self.normalization,
                                              device=self.device)
         else:
-            self._backbone = create_backbone(self.backbone, self.layers, weights=self.weights,
-                                             normalization=self.normalization, device=self.device)
+            self._backbone = self._create_backbone(self.layers)
 
     # ---- locally aware patch features ---------------------------------------------------------
     def _embed_member(self, feats: list[torch.Tensor]) -> torch.Tensor:
@@ -186,7 +189,7 @@ class PatchCore(BaseDetector):
             return
         n, bs = len(images), self.batch_size
         self.agg_padding_ = "zeros"  # f_agg border rule (see _embed), saved with the model
-        size = tuple(images.shape[-2:])
+        size = (int(images.shape[-2]), int(images.shape[-1]))  # (H, W)
         angles = [0.0, *rotation_angles(self.train_rotations)]
         probe = self._backbone_features(float_batch(images[:1]))
         dims = [self._embed_member(g).shape[1] for g in member_features(probe)]  # D_b per backbone
@@ -195,7 +198,8 @@ class PatchCore(BaseDetector):
         self._check_memory(n, h * w, d, len(angles))
         # M_j, one chunk of the bank (chunk*(R+1)*h*w, D), filled batch by batch; the whole M when chunk = n
         buffer = torch.empty(min(chunk, n) * len(angles) * h * w, d)
-        batches = progress([(s, min(s + bs, c0 + chunk, n)) for c0 in range(0, n, chunk) for s in range(c0, min(c0 + chunk, n), bs)],
+        batches = progress([(s, min(s + bs, c0 + chunk, n)) for c0 in range(0, n, chunk)
+                            for s in range(c0, min(c0 + chunk, n), bs)],
                            desc="patchcore: features", unit="batch")
 
         def bank_chunks() -> Iterator[torch.Tensor]:
@@ -215,7 +219,7 @@ class PatchCore(BaseDetector):
                     fill = 0
 
         coreset, total = chunked_coreset(bank_chunks(), self.coreset_ratio, projection_dim=self.projection_dim,
-                                         seed=self.seed, mode=self.coreset_mode)
+                                         seed=self.seed, mode=self.coreset_mode)  # type: ignore[arg-type]  # checked: MODES
         self.memory_bank_ = coreset.to(self.device_)  # M_C (k, D)
         self.grid_ = [h, w]
         log.info("patchcore: memory bank %d -> coreset %d patches of dim %d", total, len(coreset), d)
@@ -244,7 +248,7 @@ class PatchCore(BaseDetector):
             raise ConfigError("patchcore: adding images to a 'scores' ensemble (one bank per backbone) is not "
                               "supported; refit it, or use ensemble='concat'")
         x = as_images(images, keep_uint8=True)
-        size, grid = tuple(x.shape[-2:]), tuple(self.grid_)
+        size, grid = (int(x.shape[-2]), int(x.shape[-1])), (int(self.grid_[0]), int(self.grid_[1]))
         angles = [0.0, *rotation_angles(self.train_rotations)]
         rows = []
         for s in progress(range(0, len(x), self.batch_size), desc="patchcore: add", unit="batch"):
@@ -326,6 +330,17 @@ class PatchCore(BaseDetector):
     def _nearest(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """k nearest memory-bank patches of q (Q, D): (dists (Q, k), idx (Q, k))."""
         return self._index.search(q, k) if self._index is not None else knn(q, self.memory_bank_, k)
+
+    def traced_forward(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``_score`` with the dense, loop-free ``knn.nearest_dense`` search (the pruned index of ``_predict``
+        is NumPy code); one bank only."""
+        if self._separate:
+            raise ConfigError("a PatchCore ensemble='scores' (one bank per backbone) cannot be exported to ONNX; "
+                              "refit with ensemble='concat' (one bank) to export it")
+        bank = self.memory_bank_.detach().cpu()
+        bank_sq = bank.pow(2).sum(1)
+        nearest = lambda q, k: nearest_dense(q, bank, k, bank_sq)  # noqa: E731
+        return lambda x: self._score(x, nearest, self._backbone)
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._separate:  # mean of the members' standardised scores and maps

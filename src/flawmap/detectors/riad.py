@@ -13,7 +13,7 @@ The U-Net width (64 channels at full resolution, 4 poolings) is the standard U-N
 exact widths are not reproduced here. Mean filter 21 px at 256 px.
 
 Speed: the U-Net is the cost (|K| n = 12 forward passes per test image, n = 3 forward + backward
-passes per training image). ``precision`` ("auto": flawmap.components.training.resolve_precision, the
+passes per training image). ``precision`` ("auto": flawmap.components.precision.resolve_precision, the
 one rule: bfloat16 / float16 on CUDA, float32 on the CPU; "bfloat16" explicitly on a CPU with AMX: about
 2.5-3x faster) autocasts the U-Net only, in training and at test time; the assembly of I_r, the losses
 and the maps are float32. At test time all |K| partitions go through one batched call with BatchNorm
@@ -29,13 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import BaseDetector, check_range
 from ..components.anomaly_map import upsample
 from ..components.inpainting import UNet, fold_batchnorm, grid_masks, inpaint, mean_filter, msgms_map, riad_loss
-from ..components.training import (TrainSettings, autocast, channels_last_helps, check_train_params, fingerprint,
-                                   resolve_precision, seeded_init, train)
+from ..components.precision import autocast, channels_last_helps, resolve_precision
+from ..components.training import seeded_init
 from ..errors import ConfigError
+from ..params import check_range
 from ..registry import register_detector
+from .trained import TrainedDetector
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,9 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @register_detector("riad")
-class RIAD(BaseDetector):
+class RIAD(TrainedDetector):
+    net_: UNet  # learned: the inpainting U-Net
+
     def __init__(self, *, image_size: int = 256, grid_sizes: tuple[int, ...] = (2, 4, 8, 16), n_masks: int = 3,
                  base_channels: int = 64, depth: int = 4, ssim_weight: float = 1.0, gms_weight: float = 1.0,
                  smoothing: int = 21, epochs: int = 300, batch_size: int = 8, lr: float = 1e-4,
@@ -90,7 +93,7 @@ class RIAD(BaseDetector):
         check_range("ssim_weight", self.ssim_weight, 0, None)
         check_range("gms_weight", self.gms_weight, 0, None)
         check_range("smoothing", self.smoothing, 1, self.image_size, integer=True)
-        check_train_params(self)  # also precision
+        self._check_train_params()
 
     def _build_modules(self) -> None:
         # eval mode: BatchNorm uses its running statistics unless the training loop switches it
@@ -119,26 +122,14 @@ class RIAD(BaseDetector):
         log.info("riad: %d images at %d px, U-Net with %d parameters", len(images), self.image_size,
                  sum(p.numel() for p in self.net_.parameters()))
         data = torch.cat([_resize(images[i:i + 64], self.image_size) for i in range(0, len(images), 64)])
-        precision = resolve_precision(self.precision, self.device_)
-
         def loss_fn(net: nn.Module, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
             # called under the loop's autocast (precision): the U-Net in it, assembly and loss in float32
             masks = self._train_masks(len(x), g).to(x.device)  # (B, n, S, S)
             recon = inpaint(net, x, masks)  # I_r (B, 3, S, S), float32
             return riad_loss(x, recon, self.ssim_weight, self.gms_weight)
 
-        skip = ("epochs", "checkpoint_dir", "smoothing", "precision")  # precision: hashed by train
-        params = {k: v for k, v in self.get_params().items() if k not in skip}
-        settings = TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
-                                 val_fraction=self.val_fraction, patience=self.patience, precision=precision,
-                                 checkpoint_dir=self.checkpoint_dir, desc="riad: train")
-        log.info("riad: training in %s (precision=%r)", precision, self.precision)
-        report = train(self.net_, data.to(self.device_), loss_fn, settings, device=self.device_,
-                       config={"detector": self.name, **params, "data": fingerprint(images)})
-        self.net_.eval()
-        self.train_losses_ = report.train_losses
-        self.val_losses_ = report.val_losses
-        self.train_report = report  # not saved: timing of this fit (seconds per epoch, resume point)
+        self._train(self.net_, data.to(self.device_), loss_fn, images=images,
+                    skip=("epochs", "checkpoint_dir", "smoothing", "precision"))  # precision: hashed by train
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = _resize(images, self.image_size).to(self.device_)  # (B, 3, S, S)

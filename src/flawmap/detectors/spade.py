@@ -23,16 +23,18 @@ from typing import Any
 
 import torch
 
-from ..base import BaseDetector, as_images, batched, check_choice, check_layers, check_range, float_batch
+from ..base import as_images, batched, float_batch
 from ..components.anomaly_map import anomaly_map
-from ..components.backbones import NORMALIZATIONS, create_backbone, layers_at_strides, list_backbones
+from ..components.backbones import layers_at_strides
 from ..components.features import concat_layers
 from ..components.gallery_knn import GalleryIndex
 from ..components.knn import knn
 from ..device import check_memory_budget
 from ..errors import ConfigError
+from ..params import check_range
 from ..progress import progress
 from ..registry import register_detector
+from .backbone import BackboneDetector
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ PAPER_IMAGE_STRIDE = 32
 
 
 @register_detector("spade")
-class SPADE(BaseDetector):
+class SPADE(BackboneDetector):
     """Paper defaults: K = 50 nearest images, kappa = 1 nearest gallery feature, layer1..3 pyramid, sigma 4."""
 
     streams_uint8 = True
@@ -84,9 +86,7 @@ class SPADE(BaseDetector):
         return {"backbone": "efficientnet_lite0"}
 
     def _validate_params(self) -> None:
-        check_choice("backbone", self.backbone, list_backbones())
-        check_choice("normalization", self.normalization, NORMALIZATIONS)
-        check_layers(self.layers, "the stride 4, 8, 16 layers")
+        self._check_backbone_params()
         if self.image_layer is not None and not isinstance(self.image_layer, str):
             raise ConfigError(f"image_layer must be None or a layer name; got {self.image_layer!r}")
         check_range("k", self.k, 1, integer=True)
@@ -103,8 +103,7 @@ class SPADE(BaseDetector):
         img = self.image_layer or layers_at_strides(self.backbone, (PAPER_IMAGE_STRIDE,))[0]
         self._pixel_layers, self._image_layer = pix, img
         wanted = pix + ((img,) if img not in pix else ())
-        self._backbone = create_backbone(self.backbone, wanted, weights=self.weights,
-                                         normalization=self.normalization, device=self.device)
+        self._backbone = self._create_backbone(wanted)
 
     # ---- features -------------------------------------------------------------------------------
     def _features(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

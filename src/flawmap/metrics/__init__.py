@@ -11,13 +11,9 @@ from .thresholds import (
     Calibration,
     calibrate,
     fpr_threshold,
-    MinMaxNormalizer,
-    apply_threshold,
-    f1_threshold,
     image_threshold,
     map_display_range,
     pixel_threshold,
-    threshold_from_good,
 )
 
 __all__ = [
@@ -28,12 +24,9 @@ __all__ = [
     "calibrate",
     "fpr_threshold",
     "METRIC_KEYS",
-    "MinMaxNormalizer",
     "aupro",
-    "apply_threshold",
     "evaluate",
     "f1_max",
-    "f1_threshold",
     "image_auroc",
     "image_threshold",
     "map_display_range",
@@ -42,5 +35,4 @@ __all__ = [
     "pixel_f1_max",
     "pro_curve",
     "roc_curve",
-    "threshold_from_good",
 ]

@@ -12,65 +12,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, NotFittedError
+from ..errors import ConfigError, DataError
 from .auroc import as_array
 from .f1 import f1_max, pixel_f1_max
-
-
-@dataclass
-class MinMaxNormalizer:
-    """Affine map of [low, high] (fitted on reference scores) onto [0, 1], clamped."""
-
-    low: float | None = None
-    high: float | None = None
-
-    @property
-    def fitted(self) -> bool:
-        return self.low is not None and self.high is not None
-
-    def fit(self, values: Any) -> MinMaxNormalizer:
-        """Take low/high as the min/max of the finite reference values."""
-        v = as_array(values).astype(np.float64, copy=False).ravel()
-        v = v[np.isfinite(v)]
-        if v.size == 0:
-            raise DataError("MinMaxNormalizer.fit: no finite reference value")
-        self.low, self.high = float(v.min()), float(v.max())
-        return self
-
-    def transform(self, values: Any) -> np.ndarray:
-        """(values - low) / (high - low) clamped to [0, 1]; float32 input stays float32."""
-        if not self.fitted:
-            raise NotFittedError("MinMaxNormalizer.transform called before fit")
-        v = as_array(values)
-        v = v if v.dtype.kind == "f" else v.astype(np.float64)
-        span = self.high - self.low
-        if span <= 0.0:  # constant reference: above it is 1, otherwise 0
-            return (v > self.low).astype(v.dtype)
-        return np.clip((v - self.low) / span, 0.0, 1.0).astype(v.dtype, copy=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state."""
-        return {"kind": "minmax", "low": self.low, "high": self.high}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MinMaxNormalizer:
-        """Inverse of ``to_dict``."""
-        if d.get("kind") != "minmax":
-            raise ConfigError(f"MinMaxNormalizer.from_dict: expected kind 'minmax', got {d.get('kind')!r}")
-        low, high = d.get("low"), d.get("high")
-        if (low is None) != (high is None) or (low is not None and not float(low) <= float(high)):
-            raise ConfigError(f"MinMaxNormalizer.from_dict: invalid low/high {low!r}/{high!r}")
-        return cls(None if low is None else float(low), None if high is None else float(high))
-
-
-def threshold_from_good(scores_good: Any, quantile: float = 0.99) -> float:
-    """Threshold at the given quantile of scores of defect-free samples."""
-    if not 0.0 <= quantile <= 1.0:
-        raise ConfigError(f"threshold_from_good: quantile must be in [0, 1], got {quantile}")
-    v = as_array(scores_good).astype(np.float64, copy=False).ravel()
-    if v.size == 0 or not np.isfinite(v).all():
-        raise DataError(f"threshold_from_good: need finite scores, got {v.size} values")
-    return float(np.quantile(v, quantile))
 
 
 def f1_threshold(labels: Any, scores: Any) -> float:

@@ -31,8 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from fastapi import Body, FastAPI, Query, Request
-from fastapi import Path as PathParam
+from fastapi import Body, FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -385,7 +384,8 @@ def create_app(predictor: Any | Callable[[], Any], settings: ServeSettings,
                                           "dropped": lg.dropped, "lag": lg.lag, "keep_images": lg.keep_images,
                                           "kept_bytes": lg.kept_bytes, "evicted": lg.evicted}
         return {**pred.card, "model_id": srv.model_id, "model_version": srv.version, "path": srv.path,
-                "loaded_at": srv.loaded_at, "drift": srv.drift.report(), "log": logged, "server": {"flawmap_version": __version__, "device": getattr(pred, "device", None),
+                "loaded_at": srv.loaded_at, "drift": srv.drift.report(), "log": logged,
+                "server": {"flawmap_version": __version__, "device": getattr(pred, "device", None),
                                         "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                                         "max_image_mb": settings.max_image_mb, "max_pixels": settings.max_pixels,
                                         "max_images": settings.max_images, "batches": state.batcher.batches,
@@ -487,7 +487,7 @@ def create_app(predictor: Any | Callable[[], Any], settings: ServeSettings,
         return rec
 
     _ID = PathParam(..., ge=1, le=2**62, description="inspection id")
-    _404 = {404: {"description": "no such inspection, or no log"}}
+    _404: dict[int | str, dict[str, Any]] = {404: {"description": "no such inspection, or no log"}}
 
     @app.get("/v1/inspections", summary="Inspections, newest first", response_model=InspectionPage)
     async def inspections(verdict: str | None = Query(None, description=f"one of {', '.join(ilog.VERDICTS)}"),

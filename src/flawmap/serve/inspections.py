@@ -234,6 +234,7 @@ class InspectionLog:
 
     def _evict(self, con: sqlite3.Connection) -> None:
         """Delete the least recently seen kept images until they fit ``max_bytes``; rows stay."""
+        assert self.max_bytes is not None  # only called when a budget is set
         over = self.kept_bytes - self.max_bytes
         gone, freed = [], 0
         for sha, n in con.execute("SELECT sha256, bytes FROM images ORDER BY last_time, sha256"):
@@ -311,7 +312,8 @@ _SELECT = ("SELECT inspections.*, images.sha256 IS NOT NULL AS kept FROM inspect
 
 def query(folder: Path, q: Query) -> tuple[list[dict[str, Any]], int | None]:
     """A page of records, newest first, and the cursor of the next page (None: this was the last)."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[Any] = []
     for col, v in (("verdict", q.verdict), ("label", q.label), ("model_id", q.model_id), ("request_id", q.request_id)):
         if v is None:
             continue

@@ -8,7 +8,7 @@ other flawmap command).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncGenerator, AsyncIterator
 
 import numpy as np
 
@@ -95,7 +95,7 @@ async def _parse_multipart(headers, body: bytes, settings: ServeSettings) -> lis
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncGenerator[bytes, None]:
         yield body
         yield b""
 
@@ -105,7 +105,7 @@ async def _parse_multipart(headers, body: bytes, settings: ServeSettings) -> lis
         raise UploadError(400, f"invalid multipart body: {exc} (at most {settings.max_images} images per request, "
                                "--max-images)") from None
     try:
-        uploads = []
+        uploads: list[Upload] = []
         for key, value in form.multi_items():
             if key != FIELD or not isinstance(value, UploadFile):
                 raise UploadError(400, f"unexpected form field {key!r}: send images as files in fields named {FIELD!r}")

@@ -1,5 +1,5 @@
 """The report page: HTML and Markdown written side by side, tables also as CSV (rendering only;
-what goes into the tables is decided in ``flawmap.viz.report_select``)."""
+what goes into the tables is decided in ``flawmap.report.select``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .report_select import Table
-from .text import format_label, format_value
+from ..viz.text import format_label, format_value
+from .select import Table
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;

@@ -4,7 +4,7 @@ Which run represents a (method, category) cell: the runs tagged ``comparison`` w
 has such an experiment, otherwise all clean runs; among them the method's default
 hyperparameters when such a run exists, otherwise the configuration with the best image AUROC
 (marked with *). Runs that differ only in ``seed`` are averaged. The series of the study and robustness
-plots are in ``flawmap.viz.report_series``; ``flawmap.viz.report`` renders both.
+plots are in ``flawmap.report.series``; ``flawmap.report.build`` renders both.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .text import format_label, format_value
+from ..viz.text import format_label, format_value
 
 METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
 SETTINGS = ("resize", "crop", "aspect", "max_train")

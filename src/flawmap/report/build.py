@@ -11,8 +11,8 @@ columns methods; image AUROC, pixel AUROC, AUPRO; best per row in bold), fit and
 per method, one study per experiment (metric versus each swept hyperparameter), robustness curves
 (metric versus corruption severity per method) with pictures of each corruption, ROC curves per
 category, and a gallery per method and category (best, worst and borderline test images).
-What each table holds is decided in ``flawmap.viz.report_select`` (pure functions of the rows);
-this module renders it (``flawmap.viz.page``); the plots' series in ``flawmap.viz.report_series``.
+What each table holds is decided in ``flawmap.report.select`` (pure functions of the rows);
+this module renders it (``flawmap.report.page``); the plots' series in ``flawmap.report.series``.
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ from ..bench.pictures import CATALOGUE_SEVERITIES, catalogue_name, pictures_fold
 from ..bench.store import read_rows
 from ..errors import DataError
 from ..io import atomic_replace_dir, check_replaceable, check_writable
-from . import plots
-from . import report_select as sel
-from . import report_series as ser
+from ..viz import plots
+from . import select as sel, series as ser
 from .page import Page, slug
-from .report_select import Cell, Row, select_cells
+from .select import Cell, Row, select_cells
 
 Cells = dict[tuple[str, str], Cell]
 

@@ -9,9 +9,24 @@ from typing import Any
 
 import numpy as np
 
-from .report_select import (METRICS, SETTINGS, Row, Series, Table, best_marks, group_by_config, is_clean, mean, norm,
-                            order, param_names, sort_key, tags, varying)
-from .text import format_label
+from ..viz.text import format_label
+from .select import (
+    METRICS,
+    SETTINGS,
+    Row,
+    Series,
+    Table,
+    best_marks,
+    group_by_config,
+    is_clean,
+    mean,
+    norm,
+    order,
+    param_names,
+    sort_key,
+    tags,
+    varying,
+)
 
 #: the metrics plotted against a swept hyperparameter / a corruption severity
 STUDY_PANELS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("fit_seconds", "fit time (s)"))
