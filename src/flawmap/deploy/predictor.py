@@ -69,11 +69,14 @@ def model_id(path: str | Path) -> str:
     """The content hash of a model: SHA-256 of an exported file, or of a model folder's config.json and
     model.safetensors (in that order); the first ``MODEL_ID_LENGTH`` hex digits. Two folders with the same
     bytes have the same id; any change to the tensors, calibration or preprocessing gives a new one."""
-    from ..base import CONFIG_NAME, TENSORS_NAME
-
     p = Path(path)
+    files = [p]
+    if p.is_dir():  # a model folder (base imports torch: not on the ONNX path)
+        from ..base import CONFIG_NAME, TENSORS_NAME
+
+        files = [p / CONFIG_NAME, p / TENSORS_NAME]
     h = hashlib.sha256()
-    for f in ([p / CONFIG_NAME, p / TENSORS_NAME] if p.is_dir() else [p]):
+    for f in files:
         h.update(f.name.encode() + b"\0")
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
