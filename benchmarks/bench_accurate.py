@@ -1,7 +1,7 @@
 """The ``accurate`` PatchCore at screw size: coreset variants x hard sets -> fit s, peak RSS, picks/s, AUROCs.
 
     python benchmarks/bench_accurate.py --data /tmp/acc/hard320 --categories rotated_part oriented_texture \\
-        --variants chunk32-1% approx-1% exact-1% --feature-cache /tmp/acc/fcache --out /tmp/acc/bench_accurate
+        --variants chunk32-1% chunk16-1% exact-1% --feature-cache /tmp/acc/fcache --out /tmp/acc/bench_accurate
 
 Data: ``flawmap.data.synthetic.make_synthetic_mvtec(root, categories=(...), n_train=320, n_test_good=30,
 n_test_defect=36, size=256)`` (screw-sized: 320 training images at 256 px), or an MVTec root (``--data
