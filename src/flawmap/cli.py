@@ -298,7 +298,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Score independent good (and defective) images; compare the observed rates with the stored promise."""
     from .data import find_images, load_files
-    from .deploy.calibration import recalibrate_model
+    from .deploy.calibration import check_promise, recalibrate_model
     from .deploy.predictor import open_predictor
     from .errors import DataError
     from .metrics import binomial_interval, calibrate
@@ -310,17 +310,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise DataError(f"{args.model} has no calibration to check (fitted by an older flawmap); refit it with `flawmap fit`")
     good = load_files(find_images(args.good, "--good"), pred.transform, desc="good")
     scores, maps = pred.raw(good.images.numpy())
-    k, n = int(cal.decide(scores).sum()), len(scores)
-    lo, hi = binomial_interval(k, n, args.confidence)
-    conf = f"{100 * args.confidence:g}%"
-    print(f"good: {k} false alarms on {n} images = {100 * k / n:.1f}% ({conf} interval {100 * lo:.1f}-{100 * hi:.1f}%); "
-          f"stored target {100 * cal.target_fpr:g}%, guaranteed {100 * cal.guaranteed_fpr:.1f}% ({cal.source})")
-    violated = lo > cal.guaranteed_fpr
-    if violated:
+    res = check_promise(cal, scores, args.confidence)
+    (lo, hi), n, conf = res.interval, res.n, f"{100 * args.confidence:g}%"
+    print(f"good: {res.false_alarms} false alarms on {n} images = {100 * res.rate:.1f}% ({conf} interval "
+          f"{100 * lo:.1f}-{100 * hi:.1f}%); stored target {100 * cal.target_fpr:g}%, guaranteed "
+          f"{100 * cal.guaranteed_fpr:.1f}% ({cal.source})")
+    if res.violated:
         print(f"PROMISE VIOLATED: even the lower end of the interval ({100 * lo:.1f}%) is above the guaranteed "
               f"{100 * cal.guaranteed_fpr:.1f}%: these parts are not like the calibration images. Refit with "
               "--group-by / --val-good of other parts, or store a threshold from these images: --recalibrate")
-    elif hi < cal.guaranteed_fpr or k / n <= cal.guaranteed_fpr:
+    elif res.consistent:
         print("consistent with the promise")
     else:
         print(f"not shown to be violated: the rate is above the guaranteed one, but {n} images cannot tell (give more)")
@@ -339,7 +338,7 @@ def cmd_check(args: argparse.Namespace) -> int:
               f"{100 * new.target_fpr:g}%, guaranteed {100 * new.guaranteed_fpr:.1f}%); the previous calibration is "
               f"kept in the model's calibration_history ({len(extra['calibration_history'])} entries)")
         return 0
-    return 1 if violated else 0
+    return 1 if res.violated else 0
 
 
 def load_bench_study(args: argparse.Namespace):

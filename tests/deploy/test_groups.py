@@ -195,3 +195,18 @@ def test_check_an_empty_good_folder_is_one_line(model: Path, parts: dict[str, Pa
     assert main(["check", str(model), "--good", str(parts["empty"])]) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1 and "--good" in err, err
+
+
+def test_check_promise_verdicts() -> None:
+    from flawmap.deploy.calibration import check_promise
+    from flawmap.metrics import calibrate
+
+    cal = calibrate(np.arange(99.0), np.zeros((99, 4, 4)), 0.01)  # threshold just above 98; guaranteed 1%
+    ok = check_promise(cal, np.r_[np.zeros(199), 1000.0])  # 1 of 200 flagged: at the promise
+    assert (ok.false_alarms, ok.n, ok.violated, ok.consistent) == (1, 200, False, True)
+    bad = check_promise(cal, np.r_[np.zeros(150), np.full(50, 1000.0)])  # 25% flagged
+    assert bad.violated and not bad.consistent and bad.interval[0] > cal.guaranteed_fpr
+    few = check_promise(cal, np.r_[np.zeros(9), 1000.0])  # 10% of 10: cannot tell
+    assert not few.violated and not few.consistent
+    with pytest.raises(DataError):
+        check_promise(cal, np.zeros(0))

@@ -222,3 +222,35 @@ def recalibrate_model(path: str | Path, calibration: Calibration) -> dict[str, A
     atomic_write(path / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True)))
     read_model_config(path)  # the new file passes the same checks as any model file
     return extra
+
+
+@dataclass(frozen=True)
+class PromiseCheck:
+    """The stored decision measured on independent good images (``flawmap check``): ``false_alarms`` of
+    ``n`` flagged, the two-sided ``confidence`` interval of the rate (Clopper-Pearson), and the verdict:
+    ``violated`` when even the interval's lower end is above the guaranteed rate, ``consistent`` when the
+    observed rate is at most the guaranteed one or the whole interval is below it."""
+
+    false_alarms: int
+    n: int
+    interval: tuple[float, float]
+    guaranteed_fpr: float
+    violated: bool
+    consistent: bool
+
+    @property
+    def rate(self) -> float:
+        return self.false_alarms / self.n
+
+
+def check_promise(calibration: Calibration, good_scores: Any, confidence: float = 0.95) -> PromiseCheck:
+    """Compare the stored decision's false alarms on independent good images (scores (N,)) with its promise."""
+    from ..metrics import binomial_interval
+
+    flagged = calibration.decide(good_scores)
+    k, n = int(flagged.sum()), int(flagged.size)
+    if n == 0:
+        raise DataError("no good images to check the promise on")
+    lo, hi = binomial_interval(k, n, confidence)
+    g = calibration.guaranteed_fpr
+    return PromiseCheck(k, n, (lo, hi), g, violated=lo > g, consistent=k / n <= g or hi < g)
