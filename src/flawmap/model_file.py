@@ -50,10 +50,15 @@ def write_model(det: BaseDetector, path: str | os.PathLike[str], extra: dict[str
 
     def build(tmp: Path) -> None:
         save_file(tensors, str(tmp / TENSORS_NAME))
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
+        (tmp / CONFIG_NAME).write_text(config_text(config))
 
     atomic_replace_dir(path, build)
     return path
+
+
+def config_text(config: dict[str, Any]) -> str:
+    """The text of a model folder's config.json (the one serialisation rule: fit, update, recalibration)."""
+    return json.dumps(config, indent=2, sort_keys=True)
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,14 @@ from PIL import Image
 
 from flawmap.cli import main
 from flawmap.deploy.calibration import plan_calibration
-from flawmap.deploy.groups import groups_from_paths, holdout_groups, leakage_report, near_duplicate_groups, parse_group_by
+from flawmap.deploy.groups import (
+    distance_matrix,
+    groups_from_paths,
+    holdout_groups,
+    leakage_report,
+    near_duplicate_groups,
+    parse_group_by,
+)
 from flawmap.errors import ConfigError, DataError
 from flawmap.metrics import binomial_interval
 
@@ -65,31 +72,31 @@ def test_a_group_by_that_leaves_too_few_calibration_images_is_refused(tmp_path: 
 # ---- found groups and the leakage check -------------------------------------------------------------
 def test_near_copies_are_found_and_iid_images_stay_apart() -> None:
     x, truth = _clustered(groups=30, size=5, spread=0.05)
-    ids, info = near_duplicate_groups(x)
+    ids, info = near_duplicate_groups(distance_matrix(x))
     same_truth, same_found = truth[:, None] == truth[None], ids[:, None] == ids[None]
     assert (same_found[same_truth]).mean() > 0.95 and (same_truth[same_found]).mean() > 0.95
     iid = np.random.default_rng(1).normal(size=(150, 64)).astype(np.float32)
     iid /= np.linalg.norm(iid, axis=1, keepdims=True)
-    ids_iid, info_iid = near_duplicate_groups(iid)
+    ids_iid, info_iid = near_duplicate_groups(distance_matrix(iid))
     assert info_iid["largest"] <= 0.25 * len(iid) and info_iid["groups"] > 50
 
 
 def test_leakage_report_flags_a_random_split_of_bursts_only() -> None:
     x, truth = _clustered(groups=30, size=5, spread=0.05)
-    found, _ = near_duplicate_groups(x)
+    found, _ = near_duplicate_groups(distance_matrix(x))
     rng = np.random.default_rng(0)
     random_cal = np.zeros(len(x), bool)
     random_cal[rng.permutation(len(x))[:25]] = True
-    rep = leakage_report(x, random_cal, found)
+    rep = leakage_report(distance_matrix(x), random_cal, found)
     assert rep["leak"] and rep["near_copies"] > 15 and rep["ratio"] < rep["ratio_groups"]
     group_cal = holdout_groups(truth, 25, 0)
-    assert not leakage_report(x, group_cal, found)["leak"]
+    assert not leakage_report(distance_matrix(x), group_cal, found)["leak"]
     iid = np.random.default_rng(2).normal(size=(150, 64)).astype(np.float32)
     iid /= np.linalg.norm(iid, axis=1, keepdims=True)
-    found_iid, _ = near_duplicate_groups(iid)
+    found_iid, _ = near_duplicate_groups(distance_matrix(iid))
     cal = np.zeros(150, bool)
     cal[rng.permutation(150)[:25]] = True
-    rep = leakage_report(iid, cal, found_iid)
+    rep = leakage_report(distance_matrix(iid), cal, found_iid)
     assert not rep["leak"] and 0.7 < rep["ratio"] < 1.4
 
 

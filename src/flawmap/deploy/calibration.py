@@ -29,7 +29,15 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..metrics.evaluate import decision_rates
 from ..metrics.thresholds import MIN_CALIBRATION_IMAGES, Calibration, calibrate, check_target_fpr
-from .groups import groups_from_paths, holdout_groups, image_descriptors, leakage_report, near_duplicate_groups, parse_group_by
+from .groups import (
+    distance_matrix,
+    groups_from_paths,
+    holdout_groups,
+    image_descriptors,
+    leakage_report,
+    near_duplicate_groups,
+    parse_group_by,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,14 @@ class CalibrationPlan:
     seed: int
     fraction: float
     val_bad: tuple[Path, ...] = ()
+
+    def readable(self, paths: Sequence[Path]) -> CalibrationPlan:
+        """The plan restricted to the files that could be read (``paths``, a subset in the same order)."""
+        ok = set(paths)
+        keep = [i for i, f in enumerate(self.files) if f in ok]
+        return replace(self, files=tuple(self.files[i] for i in keep),
+                       val_good=None if self.val_good is None else tuple(f for f in self.val_good if f in ok),
+                       groups=None if self.groups is None else tuple(self.groups[i] for i in keep))
 
     def split(self, found: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Boolean masks (train, calibration) over ``files + val_good``; ``found`` are the groups found in
@@ -150,38 +166,27 @@ def fit_calibrated(det: Any, plan: CalibrationPlan, transform: Any, *, target_fp
     from ..data import load_files
 
     check_target_fpr(target_fpr)
-    every = [*plan.files, *(plan.val_good or ())]
-    good = load_files(every, transform, desc="good images", skip_bad=skip_bad, keep_uint8=True)
-    kept = {p: i for i, p in enumerate(every)}
-    idx = np.array([kept[p] for p in good.paths], dtype=np.int64)  # readable images, in file order
-    n_files = len(plan.files)
+    good = load_files([*plan.files, *(plan.val_good or ())], transform, desc="good images", skip_bad=skip_bad,
+                      keep_uint8=True)  # (N, 3, H, W) uint8, files then val_good, unreadable ones left out
     bad = load_files(plan.val_bad, transform, desc="val-bad", skip_bad=skip_bad, keep_uint8=True) \
         if plan.val_bad else None
-    desc = image_descriptors(good.images, device=device)  # (N, D)
-    found, group_info = near_duplicate_groups(desc)
-    if plan.val_good is None and plan.groups is not None:
-        ids = np.asarray(plan.groups, dtype=np.int64)[idx]
-    else:
-        ids = found
-    sub = CalibrationPlan(tuple(good.paths[i] for i in np.flatnonzero(idx < n_files)),
-                          None if plan.val_good is None else tuple(p for p in good.paths if kept[p] >= n_files),
-                          plan.group_by, None if plan.val_good is not None else tuple(ids.tolist()),
-                          plan.n_calibration, plan.seed, plan.fraction)
-    train_mask, cal_mask = sub.split(ids)
+    sub = plan.readable(good.paths)
+    dist = distance_matrix(image_descriptors(good.images, device=device))  # (N, N)
+    found, group_info = near_duplicate_groups(dist)
+    train_mask, cal_mask = sub.split(found)
     if cal_mask.sum() < MIN_CALIBRATION_IMAGES:
         raise DataError(f"only {int(cal_mask.sum())} readable calibration images left ({len(good.skipped)} skipped); "
                         f"at least {MIN_CALIBRATION_IMAGES} are needed: give more good images or --val-good")
     if train_mask.sum() < 2:
         raise DataError(f"only {int(train_mask.sum())} readable training image(s) left; at least 2 are needed")
-    leakage = leakage_report(desc, cal_mask, found, seed=plan.seed)
+    leakage = leakage_report(dist, cal_mask, found, seed=plan.seed)
     leakage["group_by"] = plan.group_by
     leakage["auto_groups"] = {k: group_info[k] for k in ("groups", "largest", "in_groups", "cut")}
-    tm, cm = torch_mask(train_mask), torch_mask(cal_mask)
     n_train, skipped = int(train_mask.sum()), [*good.skipped, *(bad.skipped if bad is not None else [])]
     t0 = time.perf_counter()
-    det.fit(good.images[tm])
+    det.fit(good.images[train_mask])
     fit_s = time.perf_counter() - t0
-    res = det.predict(good.images[cm])
+    res = det.predict(good.images[cal_mask])
     source = sub.source(cal_mask, group_info["groups"] if plan.groups is None else None)
     calibration = replace(calibrate(res.scores, res.maps, target_fpr, source=source), leakage=leakage)
     val_bad = None
@@ -193,21 +198,12 @@ def fit_calibrated(det: Any, plan: CalibrationPlan, transform: Any, *, target_fp
     return FittedModel(det, calibration, transform, n_train, fit_s, skipped, val_bad, cal_files)
 
 
-def torch_mask(mask: np.ndarray) -> Any:
-    """numpy bool (N,) -> torch bool tensor (for indexing the uint8 image stack)."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(mask))
-
-
 def recalibrate_model(path: str | Path, calibration: Calibration) -> dict[str, Any]:
     """Store ``calibration`` as the model folder's decision, the previous one appended to
     ``extra.calibration_history`` (with the time it was replaced); config.json is replaced atomically.
     Returns the new ``extra``."""
-    import json
-
     from ..io import atomic_write
-    from ..model_file import CONFIG_NAME, read_model_config
+    from ..model_file import CONFIG_NAME, config_text, read_model_config
 
     path = Path(path)
     cfg = read_model_config(path)
@@ -219,7 +215,7 @@ def recalibrate_model(path: str | Path, calibration: Calibration) -> dict[str, A
     extra["calibration_history"] = [*extra.get("calibration_history", []), old]
     extra["calibration"] = calibration.to_dict()
     cfg["extra"] = extra
-    atomic_write(path / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True)))
+    atomic_write(path / CONFIG_NAME, lambda tmp: tmp.write_text(config_text(cfg)))
     read_model_config(path)  # the new file passes the same checks as any model file
     return extra
 

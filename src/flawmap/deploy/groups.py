@@ -134,6 +134,15 @@ def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.clip(1.0 - a.astype(np.float64) @ b.astype(np.float64).T, 0.0, None)
 
 
+def distance_matrix(desc: np.ndarray) -> np.ndarray:
+    """Unit-norm descriptors (N, D) -> (N, N) float32 cosine distances with +inf on the diagonal (an image is
+    not its own neighbour): computed once per fit and shared by the group finder and the leakage check
+    (4 N^2 bytes: 100 MB for 5,000 images)."""
+    d = cosine_distances(desc, desc).astype(np.float32)
+    np.fill_diagonal(d, np.inf)
+    return d
+
+
 def _components(adj: np.ndarray) -> np.ndarray:
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
@@ -141,16 +150,14 @@ def _components(adj: np.ndarray) -> np.ndarray:
     return connected_components(csr_matrix(adj), directed=False)[1].astype(np.int64)
 
 
-def near_duplicate_groups(desc: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-    """Group ids (N,) of near-copies, and how they were found.
+def near_duplicate_groups(d: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Group ids (N,) of near-copies from the distances ``d`` (N, N) of ``distance_matrix``, and how they were found.
 
     tau = NEAR_FACTOR x median_i d_NN(i) (d_NN: cosine distance to the nearest other image); images i, j
     are linked when d(i, j) <= tau, and the groups are the connected components. If a component holds more
     than MAX_GROUP_SHARE of the images, tau is lowered (x 0.8 until none does), and ``info["cut"]`` says so.
     """
-    n = len(desc)
-    d = cosine_distances(desc, desc)
-    np.fill_diagonal(d, np.inf)
+    n = len(d)
     d_nn = d.min(axis=1)
     tau = NEAR_FACTOR * float(np.median(d_nn)) if n > 1 else 0.0
     cut = False
@@ -181,25 +188,23 @@ def holdout_groups(ids: np.ndarray, n_cal: int, seed: int, max_cal: int | None =
     return np.isin(ids, take)
 
 
-def _ratio(desc: np.ndarray, cal: np.ndarray) -> float:
+def _ratio(d: np.ndarray, cal: np.ndarray) -> float:
     """median_{c in cal} d(c, train) / median_{t in train} d_NN(t within train): ~1 when exchangeable."""
-    tr, ca = desc[~cal], desc[cal]
-    d_tt = cosine_distances(tr, tr)
-    np.fill_diagonal(d_tt, np.inf)
-    base = float(np.median(d_tt.min(axis=1)))
-    return float(np.median(cosine_distances(ca, tr).min(axis=1))) / max(base, 1e-12)
+    to_train = d[:, ~cal]  # (N, N_train): distances to the training images
+    base = float(np.median(to_train[~cal].min(axis=1)))
+    return float(np.median(to_train[cal].min(axis=1))) / max(base, 1e-12)
 
 
-def leakage_report(desc: np.ndarray, cal: np.ndarray, found: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """The leakage check of a split: desc (N, D) of training + calibration images, cal (N,) bool (the
-    calibration images), found (N,) the groups found in the images. ``ratio`` is the split's distance ratio
+def leakage_report(d: np.ndarray, cal: np.ndarray, found: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """The leakage check of a split: d (N, N) the ``distance_matrix`` of training + calibration images, cal (N,)
+    bool (the calibration images), found (N,) the groups found in the images. ``ratio`` is the split's distance ratio
     (``_ratio``), ``ratio_groups`` the same for a split of the same size along ``found``, ``leak`` True when
     ratio < LEAK_RATIO x ratio_groups; ``near_copies`` is how many calibration images share a found group
     with a training image."""
     n_cal = int(cal.sum())
-    ratio = _ratio(desc, cal)
+    ratio = _ratio(d, cal)
     ref = holdout_groups(found, n_cal, seed)
-    ratio_groups = _ratio(desc, ref) if 0 < ref.sum() < len(ref) else ratio
+    ratio_groups = _ratio(d, ref) if 0 < ref.sum() < len(ref) else ratio
     shared = np.isin(found[cal], found[~cal])
     sizes = np.bincount(found)
     return {"ratio": round(ratio, 3), "ratio_groups": round(ratio_groups, 3), "near_copies": int(shared.sum()),
@@ -218,5 +223,5 @@ def leakage_line(report: dict[str, Any]) -> str | None:
             "or --val-good DIR with images of other parts")
 
 
-__all__ = ["GROUP_RULES", "GroupRule", "holdout_groups", "image_descriptors", "leakage_line", "leakage_report",
+__all__ = ["GROUP_RULES", "GroupRule", "distance_matrix", "holdout_groups", "image_descriptors", "leakage_line", "leakage_report",
            "near_duplicate_groups", "parse_group_by", "groups_from_paths"]

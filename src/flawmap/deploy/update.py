@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, OutputError
 from ..metrics.thresholds import MIN_CALIBRATION_IMAGES, calibrate, check_target_fpr
+from .groups import holdout_groups
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,9 @@ def plan_update(new_files: Sequence[Path], previous: Sequence[Path], *,
         raise DataError(f"calibration needs at least {MIN_CALIBRATION_IMAGES} held-out good images; the previous "
                         f"calibration gives {len(prev)} and {n_hold} of the {len(files)} new images are held out: give "
                         "the previous calibration images (--val-good DIR) or more new images")
-    pick = set(np.random.default_rng(seed).permutation(len(files))[:n_hold].tolist())
-    held = [f for i, f in enumerate(files) if i in pick]
-    add = [f for i, f in enumerate(files) if i not in pick]
+    pick = holdout_groups(np.arange(len(files)), n_hold, seed)  # the fit's hold-out rule, each new image alone
+    held = [f for f, c in zip(files, pick) if c]
+    add = [f for f, c in zip(files, pick) if not c]
     source = (f"{len(prev)} previous calibration images + {n_hold} of {len(files)} new good images held out "
               f"(fraction {fraction:g}, seed {seed})")
     return UpdatePlan(tuple(add), tuple(held), tuple(prev), source)
